@@ -1,0 +1,70 @@
+"""Prompts on one slice, in that slice's pixel coordinates.
+
+``x`` is the column and ``y`` the row of the 2D slice (for the default propagation axis 0
+of a ``(k, j, i)`` volume: ``x = i``, ``y = j``). Boxes are inclusive pixel indices
+``(x0, y0, x1, y1)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .errors import PromptError
+
+
+@dataclass
+class SlicePrompt:
+    """Any mix of a box, positive/negative points and a binary mask on one slice."""
+
+    box: tuple | None = None
+    points: list = field(default_factory=list)   # [(x, y), ...]
+    labels: list = field(default_factory=list)   # 1 positive, 0 negative, one per point
+    mask: np.ndarray | None = None               # bool (rows, cols)
+
+    def is_empty(self) -> bool:
+        return self.box is None and not self.points and (self.mask is None or not self.mask.any())
+
+    def with_points(self, points, labels) -> "SlicePrompt":
+        return replace(self, points=list(self.points) + list(points), labels=list(self.labels) + list(labels))
+
+    def validate(self, shape, where: str = "") -> "SlicePrompt":
+        """Check the prompt against a slice of ``shape`` (rows, cols); return it."""
+        rows, cols = shape
+        at = f" on {where}" if where else ""
+        if self.is_empty():
+            raise PromptError(f"empty prompt{at}: give a box, a point or a non-empty mask")
+        if self.box is not None:
+            if len(self.box) != 4:
+                raise PromptError(f"box must be x0 y0 x1 y1, got {self.box}")
+            x0, y0, x1, y1 = (float(v) for v in self.box)
+            if x1 <= x0 or y1 <= y0:
+                raise PromptError(
+                    f"degenerate box ({x0:g}, {y0:g}, {x1:g}, {y1:g}){at}: need x0 < x1 and y0 < y1")
+            if x0 < 0 or y0 < 0 or x1 > cols - 1 or y1 > rows - 1:
+                raise PromptError(
+                    f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is outside the image{at} "
+                    f"(x in 0..{cols - 1}, y in 0..{rows - 1})")
+        if len(self.points) != len(self.labels):
+            raise PromptError(f"{len(self.points)} points but {len(self.labels)} labels{at}")
+        for (x, y), lab in zip(self.points, self.labels):
+            if not (0 <= x <= cols - 1 and 0 <= y <= rows - 1):
+                raise PromptError(
+                    f"point ({x:g}, {y:g}) is outside the image{at} (x in 0..{cols - 1}, y in 0..{rows - 1})")
+            if lab not in (0, 1):
+                raise PromptError(f"point label must be 1 (positive) or 0 (negative), got {lab}")
+        if self.mask is not None:
+            if tuple(self.mask.shape) != (rows, cols):
+                raise PromptError(f"mask prompt shape {tuple(self.mask.shape)} differs from the slice {(rows, cols)}{at}")
+        return self
+
+
+def box_of_mask(mask: np.ndarray, margin: float = 0.0, shape=None):
+    """Inclusive box ``(x0, y0, x1, y1)`` around a binary mask, grown by ``margin`` pixels
+    and clipped to ``shape`` (default: the mask's); ``None`` for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    rows, cols = shape or mask.shape
+    return (max(0.0, xs.min() - margin), max(0.0, ys.min() - margin),
+            min(cols - 1.0, xs.max() + margin), min(rows - 1.0, ys.max() + margin))

@@ -1,0 +1,302 @@
+"""The interactive segmentation session: prompts, propagation, edits, undo/redo.
+
+A ``Session`` holds one volume (its slices encoded once each, by :class:`SliceEngine`)
+and the current 3D mask of one object. Every interaction (``segment``, ``edit``,
+``segment_slices``) returns a :class:`Change` naming the slices it rewrote, so a viewer
+updates just those; each is one undo step. ``cancel()`` may be called from any thread:
+the running interaction stops before its next slice, keeps the slices it finished (each
+slice is either all old or all new) and stays undoable.
+
+Anchors: the slices where the user gave a prompt (the initial prompt slice, and every
+slice holding correction points). Propagation never overwrites an anchor; it stops there,
+because beyond an anchor the result was propagated from that anchor. A new correction on
+an anchor slice reuses the points already there.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import SliceEngine, SliceResult, slice_index
+from .errors import BoundsError, Cancelled, PromptError
+from .preprocess import Window
+from .propagation import Strategy
+from .prompts import SlicePrompt
+
+
+@dataclass
+class Change:
+    """What one interaction (or undo/redo) rewrote: the slices, as a sorted list and as
+    an inclusive range ``lo..hi`` along the propagation axis; ``None`` range if nothing."""
+
+    slices: list = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def lo(self):
+        return self.slices[0] if self.slices else None
+
+    @property
+    def hi(self):
+        return self.slices[-1] if self.slices else None
+
+    def __bool__(self):
+        return bool(self.slices)
+
+
+@dataclass
+class _Step:
+    before: dict            # slice -> packed old mask
+    after: dict             # slice -> packed new mask
+    state_before: tuple     # (anchors, bounds, mode)
+    state_after: tuple
+
+
+class _Stop(Exception):
+    pass
+
+
+class Session:
+    """Segment one object in a ``(k, j, i)`` volume from a prompt on one slice.
+
+    ``progress(done, total)`` is called after each slice; ``on_slice(idx, result)`` with
+    each slice's :class:`SliceResult` (``None`` when a slice was cleared). Both run on the
+    thread that called the interaction.
+    """
+
+    def __init__(self, model, volume: np.ndarray, axis: int = 0, window: Window = Window(),
+                 strategy=None, progress=None, on_slice=None, engine: SliceEngine | None = None):
+        self.engine = engine or SliceEngine(model, volume, axis=axis, window=window)
+        self.model = self.engine.model
+        self.strategy = Strategy.parse(strategy, self.model.info.default_strategy)
+        self.mask = np.zeros(self.engine.volume.shape, dtype=np.uint8)
+        self.scores = np.full(self.engine.num_slices, np.nan, dtype=np.float32)
+        self.anchors: dict[int, SlicePrompt] = {}
+        self.bounds: tuple | None = None
+        self.mode = "volume"      # "volume" (propagation) or "slice" (one prompt per slice)
+        self.progress = progress
+        self.on_slice = on_slice
+        self._cancel = threading.Event()
+        self._undo: list[_Step] = []
+        self._redo: list[_Step] = []
+        self._txn: dict | None = None
+        self._txn_new: dict | None = None
+
+    # -- public API --------------------------------------------------------------------
+    @property
+    def axis(self) -> int:
+        return self.engine.axis
+
+    @property
+    def num_slices(self) -> int:
+        return self.engine.num_slices
+
+    def slice_mask(self, idx: int) -> np.ndarray:
+        """Current bool mask of slice ``idx`` ``(rows, cols)``."""
+        return self.mask[slice_index(self.axis, idx)].astype(bool)
+
+    def cancel(self) -> None:
+        """Ask the running interaction to stop before its next slice (any thread)."""
+        self._cancel.set()
+
+    def check_bounds(self, bounds, start: int | None = None):
+        """Validate ``(bottom, top)`` slice bounds (inclusive); ``None`` means unbounded."""
+        if bounds is None:
+            return None
+        lo, hi = (int(b) for b in bounds)
+        n = self.num_slices
+        if lo > hi:
+            raise BoundsError(f"bounds are reversed: bottom slice {lo} is above top slice {hi}")
+        if lo < 0 or hi >= n:
+            raise BoundsError(f"bounds {lo}..{hi} are outside the volume (slices 0..{n - 1})")
+        if start is not None and not lo <= start <= hi:
+            raise BoundsError(f"prompt slice {start} is outside the bounds {lo}..{hi}")
+        return (lo, hi)
+
+    def segment(self, slice_idx: int, prompt: SlicePrompt, bounds=None) -> Change:
+        """Volume-level prompting: ``prompt`` on ``slice_idx``, propagated to ``bounds``
+        (inclusive ``(bottom, top)`` slice indices), or until the object ends if ``None``.
+        Slices outside the propagated range are not touched."""
+        idx = self.engine.check_index(slice_idx, "prompt slice")
+        bounds = self.check_bounds(bounds, idx)
+        prompt.validate(self.engine.slice_shape, f"slice {idx}")
+        lo, hi = bounds if bounds else (0, self.num_slices - 1)
+        order = [idx] + list(range(idx + 1, hi + 1)) + list(range(idx - 1, lo - 1, -1))
+        self.engine.prefetch(order)
+
+        def run():
+            self.anchors = {idx: prompt}
+            self.bounds = bounds
+            self.mode = "volume"
+            self._total = (hi - lo + 1)
+            self._write(idx, self.engine.predict(idx, prompt))
+            self._propagate(idx, +1)
+            self._propagate(idx, -1)
+        return self._interaction(run)
+
+    def edit(self, slice_idx: int, point, positive: bool = True) -> Change:
+        """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice with its current
+        mask plus all its correction points, then re-propagate outward to the next anchor
+        or bound (volume mode; in slice mode only that slice is re-run)."""
+        idx = self.engine.check_index(slice_idx, "edit slice")
+        if self.bounds is not None and not self.bounds[0] <= idx <= self.bounds[1]:
+            raise BoundsError(f"edit slice {idx} is outside the bounds {self.bounds[0]}..{self.bounds[1]}")
+        label = 1 if positive else 0
+        x, y = (float(v) for v in point)
+        old = self.anchors.get(idx)
+        anchor = (old or SlicePrompt()).with_points([(x, y)], [label])
+        anchor.mask = None
+        anchor.validate(self.engine.slice_shape, f"slice {idx}")
+        prev = self.slice_mask(idx)
+        if not prev.any() and not anchor.labels.count(1) and anchor.box is None:
+            raise PromptError(f"slice {idx} has no mask to correct: start with a positive point")
+
+        def run():
+            self.anchors[idx] = anchor
+            self._total = 1 if self.mode == "slice" else self._span_to_anchors(idx)
+            self._write(idx, self.engine.predict(idx, self._edit_prompt(anchor, prev)))
+            if self.mode == "volume":
+                self._propagate(idx, +1)
+                self._propagate(idx, -1)
+        return self._interaction(run)
+
+    def segment_slices(self, prompts: dict) -> Change:
+        """Slice-level prompting: ``{slice_idx: SlicePrompt}``, each slice on its own."""
+        if not prompts:
+            raise PromptError("slice-level prompting needs at least one slice prompt")
+        for idx, p in prompts.items():
+            self.engine.check_index(idx, "prompt slice")
+            p.validate(self.engine.slice_shape, f"slice {idx}")
+        order = sorted(prompts)
+        self.engine.prefetch(order)
+
+        def run():
+            self.anchors = dict(prompts)
+            self.bounds = (order[0], order[-1])
+            self.mode = "slice"
+            self._total = len(order)
+            for idx in order:
+                self._check_cancel()
+                self._write(idx, self.engine.predict(idx, prompts[idx]))
+        return self._interaction(run)
+
+    def undo(self) -> Change:
+        """Undo the last interaction; returns the slices restored (empty if none)."""
+        if not self._undo:
+            return Change()
+        step = self._undo.pop()
+        self._apply(step.before, step.state_before)
+        self._redo.append(step)
+        return Change(sorted(step.before))
+
+    def redo(self) -> Change:
+        if not self._redo:
+            return Change()
+        step = self._redo.pop()
+        self._apply(step.after, step.state_after)
+        self._undo.append(step)
+        return Change(sorted(step.after))
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    # -- internals ---------------------------------------------------------------------
+    def _state(self):
+        return ({k: v for k, v in self.anchors.items()}, self.bounds, self.mode)
+
+    def _interaction(self, run) -> Change:
+        self._cancel.clear()
+        self._txn, self._txn_new = {}, {}
+        self._done = 0
+        state_before = self._state()
+        cancelled = False
+        try:
+            run()
+        except _Stop:
+            cancelled = True
+        finally:
+            self.engine.stop_prefetch()
+            before, after = self._txn, self._txn_new
+            self._txn = self._txn_new = None
+            if before:
+                self._undo.append(_Step(before, after, state_before, self._state()))
+                self._redo.clear()
+            elif self._state() != state_before and not cancelled:
+                self._undo.append(_Step({}, {}, state_before, self._state()))
+                self._redo.clear()
+        return Change(sorted(before), cancelled=cancelled)
+
+    def _check_cancel(self):
+        if self._cancel.is_set():
+            raise _Stop()
+
+    def _write(self, idx: int, result: SliceResult | None):
+        key = slice_index(self.axis, idx)
+        if idx not in self._txn:
+            self._txn[idx] = (np.packbits(self.mask[key].astype(bool)), self.scores[idx])
+        new = result.mask if result is not None else np.zeros(self.engine.slice_shape, bool)
+        self.mask[key] = new
+        self.scores[idx] = result.score if result is not None else np.nan
+        self._txn_new[idx] = (np.packbits(new), self.scores[idx])
+        self._done += 1
+        if self.on_slice is not None:
+            self.on_slice(idx, result)
+        if self.progress is not None:
+            self.progress(self._done, max(self._total, self._done))
+
+    def _apply(self, packed: dict, state):
+        shape = self.engine.slice_shape
+        n = shape[0] * shape[1]
+        for idx, (bits, score) in packed.items():
+            self.mask[slice_index(self.axis, idx)] = np.unpackbits(bits, count=n).reshape(shape)
+            self.scores[idx] = score
+        anchors, self.bounds, self.mode = state
+        self.anchors = dict(anchors)
+
+    def _range(self):
+        return self.bounds if self.bounds is not None else (0, self.num_slices - 1)
+
+    def _span_to_anchors(self, idx):
+        lo, hi = self._range()
+        others = [a for a in self.anchors if a != idx]
+        up = min([a for a in others if a > idx], default=hi + 1)
+        down = max([a for a in others if a < idx], default=lo - 1)
+        return min(up, hi + 1) - max(down, lo - 1) - 1
+
+    def _edit_prompt(self, anchor: SlicePrompt, prev: np.ndarray) -> SlicePrompt:
+        if anchor.box is not None:  # the user's own box stays the box of that slice
+            mask = prev if "mask" in self.strategy.kind and prev.any() else None
+            return SlicePrompt(box=anchor.box, points=anchor.points, labels=anchor.labels, mask=mask)
+        if not prev.any():
+            return SlicePrompt(points=anchor.points, labels=anchor.labels)
+        return self.strategy.prompt_from_mask(prev, self.engine.frame.scale, anchor.points, anchor.labels)
+
+    def _propagate(self, start: int, direction: int):
+        lo, hi = self._range()
+        bounded = self.bounds is not None
+        s = self.strategy
+        prev = self.slice_mask(start)
+        k = start + direction
+        while lo <= k <= hi and k not in self.anchors:
+            self._check_cancel()
+            if prev.sum() < s.min_pixels:
+                if not bounded:
+                    return
+                # The object was lost: the rest of this run is empty, not stale.
+                self._write(k, None)
+                k += direction
+                continue
+            r = self.engine.predict(k, s.prompt_from_mask(prev, self.engine.frame.scale))
+            if not bounded and (r.score < s.min_score or r.mask.sum() < s.min_pixels):
+                self._write(k, None)
+                return
+            self._write(k, r)
+            prev = r.mask
+            k += direction
