@@ -1,0 +1,170 @@
+"""Pick the fastest available encoder / decoder path for a model on a device.
+
+``auto`` choices (each measured faster than eager on its device and checked equal to
+eager fp32 within mask Dice >= 0.99 per slice on real CT, see docs/benchmark/speed.md):
+
+=========  ===============================================  ===============================
+device     encoder                                          decoder
+=========  ===============================================  ===============================
+cpu        ``openvino`` (if installed) > ``onnx`` > torch   ``onnx`` > ``torch``
+cuda       ``torch-fp16`` (autocast, batched)               ``cuda-graph``
+other      ``torch``                                        ``torch``
+=========  ===============================================  ===============================
+
+An exported path that cannot be built (runtime missing, export failure) falls back to the
+eager PyTorch path with a warning; a backend asked for by name fails loudly instead.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import warnings
+
+import torch
+
+from ..errors import RadSAMError
+from .decoder import FastDecoder
+from .torch_paths import CudaGraphDecoderCore, TorchDecoderCore, TorchEncoder
+
+ENCODER_BACKENDS = ("auto", "torch", "torch-fp16", "torch-bf16", "onnx", "openvino", "openvino-bf16")
+DECODER_BACKENDS = ("auto", "torch", "onnx", "cuda-graph", "cuda-graph-fp16", "eager")
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _device(model, device) -> torch.device:
+    return torch.device(device) if device is not None else model.device
+
+
+def _cpu_model(model):
+    """The model itself if on the CPU, else a CPU copy (graph export runs on the CPU)."""
+    return model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
+
+
+def available_encoders(model, device=None) -> list[str]:
+    """Encoder backends usable here for ``model`` on ``device`` (default: its device)."""
+    dev = _device(model, device)
+    if dev.type == "cuda":
+        return ["torch", "torch-fp16", "torch-bf16"]
+    if dev.type != "cpu":
+        return ["torch"]
+    out = ["torch", "torch-bf16"]
+    if have("onnxruntime") and have("onnx"):
+        out.append("onnx")
+    if have("openvino") and have("onnx"):
+        out += ["openvino", "openvino-bf16"]
+    return out
+
+
+def available_decoders(model, device=None) -> list[str]:
+    dev = _device(model, device)
+    if dev.type == "cuda":
+        return ["eager", "torch", "cuda-graph", "cuda-graph-fp16"]
+    if dev.type == "cpu" and have("onnxruntime") and have("onnx"):
+        return ["eager", "torch", "onnx"]
+    return ["eager", "torch"]
+
+
+def _auto_encoder(dev: torch.device) -> list[str]:
+    if dev.type == "cuda":
+        return ["torch-fp16"]
+    if dev.type == "cpu":
+        return [b for b in ("openvino", "onnx") if have(b if b != "onnx" else "onnxruntime")] + ["torch"]
+    return ["torch"]
+
+
+def make_encoder(model, backend: str = "auto", device=None, threads: int | None = None):
+    """A callable ``images (B, 3, S, S) float32 in [0, 1] -> embeddings (B, 256, 64, 64)``
+    for ``SliceEngine(encode_fn=...)``. It has ``.backend`` (the path chosen) and
+    ``.export_seconds`` (graph export time paid now; 0 when the graph was cached)."""
+    if backend not in ENCODER_BACKENDS:
+        raise RadSAMError(f"unknown encoder backend '{backend}' (choose {', '.join(ENCODER_BACKENDS)})")
+    dev = _device(model, device)
+    if backend == "auto":
+        for b in _auto_encoder(dev):
+            try:
+                return _build_encoder(model, b, dev, threads)
+            except Exception as e:  # noqa: BLE001 - any failure of an optional path falls back
+                warnings.warn(f"RadSAM: encoder backend '{b}' unavailable ({type(e).__name__}: {e}); trying the next")
+        raise RadSAMError("no encoder backend could be built")
+    if backend not in available_encoders(model, dev):
+        raise RadSAMError(f"encoder backend '{backend}' is not available on {dev.type} here "
+                          f"(available: {', '.join(available_encoders(model, dev))})")
+    return _build_encoder(model, backend, dev, threads)
+
+
+def _build_encoder(model, backend, dev, threads):
+    if backend.startswith("torch"):
+        if dev != model.device:
+            raise RadSAMError(f"the model is on {model.device}, not {dev}: load it there for a torch path")
+        prec = backend.partition("-")[2] or "fp32"
+        return TorchEncoder(model, precision=prec, batch_size=1 if dev.type == "cpu" else 32)
+    cpu = _cpu_model(model)
+    if backend == "onnx":
+        from .runtimes import OrtEncoder
+        return OrtEncoder(cpu, threads)
+    from .runtimes import OpenVinoEncoder
+    return OpenVinoEncoder(cpu, threads, precision="bf16" if backend.endswith("bf16") else "f32")
+
+
+def make_decoder(model, backend: str = "auto", threads: int | None = None):
+    """A callable with ``SamFamilyModel.decode``'s signature and result (inference only).
+
+    ``eager`` returns ``model.decode`` itself (the reference)."""
+    if backend not in DECODER_BACKENDS:
+        raise RadSAMError(f"unknown decoder backend '{backend}' (choose {', '.join(DECODER_BACKENDS)})")
+    dev = model.device
+    if backend == "auto":
+        order = {"cuda": ["cuda-graph", "torch"], "cpu": ["onnx", "torch"]}.get(dev.type, ["torch"])
+        for b in order:
+            if b not in available_decoders(model):
+                continue
+            try:
+                return _build_decoder(model, b, threads)
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"RadSAM: decoder backend '{b}' unavailable ({type(e).__name__}: {e}); trying the next")
+        return model.decode
+    if backend not in available_decoders(model):
+        raise RadSAMError(f"decoder backend '{backend}' is not available on {dev.type} here "
+                          f"(available: {', '.join(available_decoders(model))})")
+    return _build_decoder(model, backend, threads)
+
+
+def _build_decoder(model, backend, threads):
+    if backend == "eager":
+        return model.decode
+    if backend == "torch":
+        return FastDecoder(model, TorchDecoderCore(model))
+    if backend.startswith("cuda-graph"):
+        return FastDecoder(model, CudaGraphDecoderCore(model, "fp16" if backend.endswith("fp16") else "fp32"))
+    from .runtimes import OrtDecoderCore
+    return FastDecoder(model, OrtDecoderCore(_cpu_model(model), threads))
+
+
+class AcceleratedModel:
+    """``model`` with ``encode``/``decode`` replaced by faster paths; everything else
+    (``info``, ``device``, ``input_size``, ``prompt_encoder``...) is the model's own.
+
+    Pass it wherever a model goes (``SliceEngine``, ``Session``) for inference; training
+    needs the plain model (the fast paths carry no gradients).
+    """
+
+    def __init__(self, model, encoder="auto", decoder="auto", threads: int | None = None):
+        self.base = model
+        self.encode = encoder if callable(encoder) else make_encoder(model, encoder, threads=threads)
+        self.decode = decoder if callable(decoder) else make_decoder(model, decoder, threads=threads)
+
+    def __getattr__(self, name):
+        return getattr(self.base, name)
+
+    @property
+    def backends(self) -> dict:
+        return {"encoder": getattr(self.encode, "backend", "torch"),
+                "decoder": getattr(self.decode, "backend", "eager")}
+
+
+def accelerate(model, encoder="auto", decoder="auto", threads: int | None = None) -> AcceleratedModel:
+    """``model`` with the fastest encode/decode paths available (see module doc)."""
+    return AcceleratedModel(model, encoder, decoder, threads)
