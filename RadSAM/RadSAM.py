@@ -1,0 +1,416 @@
+"""RadSAM 3D Slicer module: segment a whole organ from one prompt, then fix it with clicks.
+
+The module class, a thin widget (its UI is ``Resources/UI/RadSAM.ui``) and the test for
+the real application. All MRML <-> RadSAMLib work is in ``RadSAMSlicerLib.RadSAMLogic``
+(no Qt; tested with pytest and the slicer-core wheel); the widget only turns user actions
+into logic calls and shows progress and messages. torch and RadSAMLib are not imported
+here: the first action asks to install what is missing.
+"""
+import logging
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                           ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic is the module's logic)
+from RadSAMSlicerLib import dependencies, geometry
+from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
+
+# (label, RadSAMLib model name, needs a checkpoint file)
+MODELS = (
+    ("LiteMedSAM (default)", "litemedsam", False),
+    ("RadSAM fine-tuned (bundled)", "radsam", False),
+    ("SAM ViT-B (checkpoint file)", "sam_vit_b", True),
+    ("SAM ViT-L (checkpoint file)", "sam_vit_l", True),
+    ("SAM ViT-H (checkpoint file)", "sam_vit_h", True),
+)
+DEVICES = ("auto", "cpu", "cuda")
+
+# Keyboard shortcuts, active while the module is shown: widget name -> key. Plain letters
+# are avoided: slice views use some (b/f move between slices).
+SHORTCUTS = {
+    "boxButton": "Shift+B",
+    "pointPositiveButton": "Shift+A",
+    "pointNegativeButton": "Shift+D",
+    "maskButton": "Shift+M",
+    "bottomButton": "[",
+    "topButton": "]",
+    "segmentButton": "Shift+S",
+    "undoButton": "Ctrl+Z",
+    "redoButton": "Ctrl+Y",
+}
+
+BOX_NAME, POSITIVE_NAME, NEGATIVE_NAME = "RadSAM box", "RadSAM +", "RadSAM -"
+
+
+class RadSAM(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "RadSAM"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["RadSAM contributors"]
+        self.parent.helpText = (
+            "Segment a whole 3D organ in a CT from one prompt (a box or points on one slice) and the "
+            "organ's bottom and top slices, with a 2D promptable model (LiteMedSAM by default) "
+            "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step.")
+        self.parent.acknowledgementText = (
+            "Uses LiteMedSAM (MedSAM, Ma et al., Nature Communications 2024) and Segment Anything (Meta AI).")
+
+
+class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin: UI events -> RadSAMLogic calls; a timer pumps results into the segment."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None      # made on first use, after the dependencies are there
+        self.job = None
+        self._shortcuts = []
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/RadSAM.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        for label, _, _ in MODELS:
+            self.ui.modelComboBox.addItem(label)
+        for device in DEVICES:
+            self.ui.deviceComboBox.addItem(device)
+        self.ui.modelComboBox.currentIndexChanged.connect(self.updateGUI)
+        self.ui.volumeSelector.currentNodeChanged.connect(self.onVolumeChanged)
+        self.ui.segmentSelector.currentNodeChanged.connect(self.updateGUI)
+        self.ui.segmentSelector.currentSegmentChanged.connect(self.updateGUI)
+
+        self.ui.boxButton.clicked.connect(lambda: self.onPlace(self.ui.boxButton, BOX_NAME))
+        self.ui.pointPositiveButton.clicked.connect(lambda: self.onPlace(self.ui.pointPositiveButton, POSITIVE_NAME))
+        self.ui.pointNegativeButton.clicked.connect(lambda: self.onPlace(self.ui.pointNegativeButton, NEGATIVE_NAME))
+        self.ui.bottomButton.clicked.connect(lambda: self.onSetBound(self.ui.bottomSpinBox))
+        self.ui.topButton.clicked.connect(lambda: self.onSetBound(self.ui.topSpinBox))
+        self.ui.segmentButton.clicked.connect(self.onSegment)
+        self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
+        self.ui.undoButton.clicked.connect(lambda: self.onHistory("undo"))
+        self.ui.redoButton.clicked.connect(lambda: self.onHistory("redo"))
+        self.ui.cancelButton.clicked.connect(self.onCancel)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(100)
+        self.timer.timeout.connect(self.onTimer)
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.updateGUI()
+
+    # -- module lifecycle --------------------------------------------------------------------
+    def enter(self):
+        for name, key in SHORTCUTS.items():
+            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut.connect("activated()", getattr(self.ui, name).click)
+            self._shortcuts.append(shortcut)
+
+    def exit(self):
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.deleteLater()
+        self._shortcuts = []
+        self.stopPlacing()
+
+    def cleanup(self):
+        self.exit()
+        self.timer.stop()
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.shutdown()
+
+    def onSceneClosed(self, caller=None, event=None):
+        if self.logic is not None:
+            self.logic.clear_cache()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def showMessage(self, text, error=False):
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet("color: #c0392b" if error else "")
+
+    def showError(self, exc):
+        """User errors go to the status line; a GPU out-of-memory offers the CPU."""
+        text = message_for(exc)
+        self.showMessage(text, error=True)
+        if is_out_of_memory(exc):
+            if slicer.util.confirmYesNoDisplay(text + "\n\nSwitch to the CPU now?"):
+                self.ui.deviceComboBox.currentText = "cpu"
+                self.logic.set_model(self.modelSpec())
+        elif not is_user_error(exc):
+            logging.exception("RadSAM failed")
+            slicer.util.errorDisplay(text)
+
+    def ensureLogic(self):
+        """Install missing packages after asking (first use); then create the logic."""
+        if self.logic is not None:
+            return True
+        try:
+            with slicer.util.WaitCursor():
+                ready = dependencies.ensure(
+                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
+                    install_torch=dependencies.install_torch_with_pytorch_utils,
+                    pip_install=slicer.util.pip_install)
+        except dependencies.DependencyError as e:
+            self.showMessage(str(e), error=True)
+            slicer.util.errorDisplay(str(e))
+            return False
+        if not ready:
+            self.showMessage("RadSAM needs its Python packages: press Segment again to install them.", error=True)
+            return False
+        self.logic = RadSAMLogic(slicer.mrmlScene)
+        return True
+
+    def modelSpec(self):
+        _, name, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
+        checkpoint = self.ui.checkpointPathLineEdit.currentPath if needsFile else None
+        return ModelSpec(name=name, checkpoint=checkpoint or None, device=self.ui.deviceComboBox.currentText)
+
+    def redSliceNode(self):
+        return slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+
+    def viewAxis(self, volume):
+        """Propagation axis: the volume axis closest to the main (Red) view's normal."""
+        m = self.redSliceNode().GetSliceToRAS()
+        return geometry.slice_axis(volume, [m.GetElement(r, 2) for r in range(3)])
+
+    def currentSliceIndex(self, volume, axis):
+        m = self.redSliceNode().GetSliceToRAS()
+        return geometry.slice_index_at(volume, [m.GetElement(r, 3) for r in range(3)], axis)
+
+    def markupsNode(self, name, create=True):
+        cls = "vtkMRMLMarkupsROINode" if name == BOX_NAME else "vtkMRMLMarkupsFiducialNode"
+        node = slicer.mrmlScene.GetFirstNode(name, cls)
+        if node is None and create:
+            node = slicer.mrmlScene.AddNewNodeByClass(cls, name)
+            node.CreateDefaultDisplayNodes()
+            color = {BOX_NAME: (1.0, 0.8, 0.1), POSITIVE_NAME: (0.1, 0.9, 0.2), NEGATIVE_NAME: (0.9, 0.1, 0.1)}[name]
+            node.GetDisplayNode().SetSelectedColor(*color)
+            if name != BOX_NAME:
+                self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+        return node
+
+    def target(self):
+        """The (volume, segmentation, segment, axis) to work on; a segmentation and a
+        segment are created when none is selected."""
+        volume = self.ui.volumeSelector.currentNode()
+        geometry.check_volume(volume)
+        seg = self.ui.segmentSelector.currentNode()
+        if seg is None:
+            seg = self.logic.create_segmentation(volume)
+            self.ui.segmentSelector.setCurrentNode(seg)
+        segmentId = self.ui.segmentSelector.currentSegmentID()
+        if not segmentId:
+            segmentId = self.logic.add_segment(seg)
+            self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+        return self.logic.target_for(volume, seg, segmentId, self.viewAxis(volume))
+
+    def bounds(self):
+        lo, hi = self.ui.bottomSpinBox.value, self.ui.topSpinBox.value
+        if lo < 0 and hi < 0:
+            return None
+        return (lo if lo >= 0 else None, hi if hi >= 0 else None)
+
+    # -- prompt toolbar ---------------------------------------------------------------------
+    def onPlace(self, button, name):
+        for other in (self.ui.boxButton, self.ui.pointPositiveButton, self.ui.pointNegativeButton):
+            if other is not button:
+                other.checked = False
+        if not button.checked:
+            self.stopPlacing()
+            return
+        node = self.markupsNode(name)
+        if name == BOX_NAME:
+            node.RemoveAllControlPoints()   # one box at a time
+        slicer.modules.markups.logic().SetActiveList(node)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetPlaceModePersistence(0 if name == BOX_NAME else 1)
+        interaction.SetCurrentInteractionMode(interaction.Place)
+
+    def stopPlacing(self):
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+        for button in (self.ui.boxButton, self.ui.pointPositiveButton, self.ui.pointNegativeButton):
+            button.checked = False
+
+    def onSetBound(self, spinBox):
+        volume = self.ui.volumeSelector.currentNode()
+        try:
+            geometry.check_volume(volume)
+            axis = self.viewAxis(volume)
+            idx = self.currentSliceIndex(volume, axis)
+            n = geometry.volume_shape(volume)[axis]
+            if not 0 <= idx < n:
+                raise ValueError(f"the current slice ({idx}) is outside the volume (0..{n - 1})")
+            spinBox.value = idx
+        except Exception as e:
+            self.showMessage(str(e), error=True)
+
+    def onClearPrompts(self):
+        for name in (BOX_NAME, POSITIVE_NAME, NEGATIVE_NAME):
+            node = self.markupsNode(name, create=False)
+            if node is not None:
+                node.RemoveAllControlPoints()
+        self.ui.maskButton.checked = False
+        self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
+
+    # -- actions -----------------------------------------------------------------------------
+    def onSegment(self):
+        if not self.ensureLogic():
+            return
+        try:
+            self.logic.set_model(self.modelSpec())
+            target = self.target()
+            maskSlice = self.currentSliceIndex(target.volume_node, target.axis) if self.ui.maskButton.checked else None
+            job = self.logic.start_segment_from_markups(
+                target, self.bounds(), box_node=self.markupsNode(BOX_NAME, create=False),
+                positive=self.markupsNode(POSITIVE_NAME, create=False),
+                negative=self.markupsNode(NEGATIVE_NAME, create=False), mask_slice=maskSlice)
+        except Exception as e:
+            self.showError(e)
+            return
+        self.startProgress(job, "Segmenting")
+
+    def onPointPlaced(self, caller, event=None):
+        """Edit mode: each new point is a correction on its slice, re-propagated at once."""
+        if self.ui.editModeCheckBox.checked and caller.GetNumberOfControlPoints() > 0:
+            # Not inside the markups node's own event: act once it has returned.
+            qt.QTimer.singleShot(0, lambda: self.correctWithLastPoint(caller))
+
+    def correctWithLastPoint(self, node):
+        if node.GetNumberOfControlPoints() == 0 or not self.ensureLogic():
+            return
+        n = node.GetNumberOfControlPoints() - 1
+        ras = [0.0, 0.0, 0.0]
+        node.GetNthControlPointPositionWorld(n, ras)
+        positive = node.GetName() == POSITIVE_NAME
+        node.RemoveNthControlPoint(n)   # the session keeps the point; the list stays a prompt list
+        try:
+            self.logic.set_model(self.modelSpec())
+            job = self.logic.start_edit_at(self.target(), ras, positive=positive)
+        except Exception as e:
+            self.showError(e)
+            return
+        self.startProgress(job, "Correcting")
+
+    def onHistory(self, which):
+        if self.logic is None:
+            return
+        try:
+            change = getattr(self.logic, which)()
+            self.showMessage(f"{which}: {len(change.slices)} slices restored" if change else f"nothing to {which}")
+        except Exception as e:
+            self.showError(e)
+        self.updateGUI()
+
+    def onCancel(self):
+        if self.logic is not None:
+            self.logic.cancel()
+            self.showMessage("Cancelling after the current slice...")
+
+    # -- progress ----------------------------------------------------------------------------
+    def startProgress(self, job, what):
+        self.job = job
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.show()
+        self.ui.cancelButton.show()
+        self.showMessage(f"{what}... (first use loads the model and encodes slices)")
+        self.timer.start()
+        self.updateGUI()
+
+    def onTimer(self):
+        try:
+            self.logic.pump()
+        except Exception as e:
+            self.logic.cancel()
+            self.showError(e)
+        done, total = self.job.progress
+        self.ui.progressBar.setMaximum(max(total, 1))
+        self.ui.progressBar.setValue(done)
+        if self.logic.busy:
+            return
+        self.timer.stop()
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        job, self.job = self.job, None
+        if job.error is not None:
+            self.showError(job.error)
+        elif job.result is not None and job.result.cancelled:
+            self.showMessage(f"Cancelled: {len(job.result.slices)} slices were updated (Undo restores them).")
+        elif job.result is not None:
+            self.showMessage(f"Done: {len(job.result.slices)} slices updated.")
+        self.updateGUI()
+
+    def onVolumeChanged(self, node=None):
+        n = 0
+        if node is not None and node.GetImageData() is not None:
+            n = max(geometry.volume_shape(node))
+        for spinBox in (self.ui.bottomSpinBox, self.ui.topSpinBox):
+            spinBox.maximum = max(n - 1, 0)
+        self.updateGUI()
+
+    def updateGUI(self, *args):
+        busy = self.logic is not None and self.logic.busy
+        _, _, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
+        self.ui.checkpointPathLineEdit.enabled = needsFile
+        self.ui.segmentButton.enabled = self.ui.volumeSelector.currentNode() is not None and not busy
+        self.ui.undoButton.enabled = self.logic is not None and not busy and self.logic.can_undo()
+        self.ui.redoButton.enabled = self.logic is not None and not busy and self.logic.can_redo()
+        self.ui.inputsCollapsibleButton.enabled = not busy
+
+
+class RadSAMTest(ScriptedLoadableModuleTest):
+    """Runs in the real application (ctest, or the module's Reload and Test button):
+    the widget loads, the dependencies install, a box on a sample CT propagates into a
+    segment between the bottom and top slices, and undo empties it again."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_widget_loads()
+        self.setUp()
+        self.test_segment_and_undo()
+
+    def test_widget_loads(self):
+        widget = slicer.util.getModuleWidget("RadSAM")
+        for name in SHORTCUTS:
+            self.assertTrue(hasattr(widget.ui, name), name)
+
+    def test_segment_and_undo(self):
+        import numpy as np
+        import SampleData
+        from RadSAMLib.prompts import SlicePrompt
+
+        self.delayDisplay("Installing dependencies if needed")
+        self.assertTrue(dependencies.ensure(confirm=lambda text: True,
+                                            install_torch=dependencies.install_torch_with_pytorch_utils,
+                                            pip_install=slicer.util.pip_install))
+        volume = SampleData.downloadSample("CTChest")
+        logic = RadSAMLogic(slicer.mrmlScene)
+        logic.set_model(ModelSpec(device="cpu"))
+        try:
+            seg = logic.create_segmentation(volume)
+            sid = logic.add_segment(seg, "test")
+            target = logic.target_for(volume, seg, sid, axis=0)
+            nk, nj, ni = geometry.volume_shape(volume)
+            k = nk // 2
+            box = (ni * 0.3, nj * 0.3, ni * 0.6, nj * 0.6)
+            self.delayDisplay("Segmenting 5 slices")
+            change = logic.segment(target, k, SlicePrompt(box=box), (k - 2, k + 2))
+            self.assertEqual(change.slices, list(range(k - 2, k + 3)))
+            arr = slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, volume)
+            self.assertTrue(arr[k].any())
+            self.assertFalse(arr[: k - 2].any() or arr[k + 3:].any())
+            logic.undo()
+            self.assertFalse(np.any(slicer.util.arrayFromSegmentBinaryLabelmap(seg, sid, volume)))
+        finally:
+            logic.shutdown()
+        self.delayDisplay("Test passed")

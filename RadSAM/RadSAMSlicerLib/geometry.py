@@ -1,0 +1,132 @@
+"""Volume voxels and RAS positions: the mapping between MRML geometry and RadSAMLib arrays.
+
+MRML indexes voxels ``(i, j, k)``; RadSAMLib arrays are ``(k, j, i)`` (numpy axis 0 = k).
+Voxel centres have integer IJK coordinates. A RAS position in the world frame maps to
+IJK through the volume's parent transform (world -> volume node frame; linear only) and
+the inverse of its IJK-to-RAS matrix (origin, spacing and direction together).
+
+Everything here takes MRML nodes and returns numpy; nothing imports Qt or ``slicer.util``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+from .errors import user_error
+
+
+def matrix_to_numpy(m: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
+
+
+def numpy_to_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def check_volume(volume_node) -> None:
+    """Raise a user-facing error unless ``volume_node`` is a scalar volume with voxels."""
+    if volume_node is None:
+        raise user_error("no volume selected: choose the CT volume to segment")
+    image = volume_node.GetImageData()
+    if image is None or 0 in image.GetDimensions():
+        raise user_error(f"volume '{volume_node.GetName()}' has no voxels")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise user_error(f"volume '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} "
+                         "components per voxel; RadSAM needs a scalar CT volume")
+    if min(image.GetDimensions()) < 2:
+        raise user_error(f"volume '{volume_node.GetName()}' is not 3D (dimensions {image.GetDimensions()})")
+
+
+def volume_array(volume_node) -> np.ndarray:
+    """Voxel values of ``volume_node`` as a float32 ``(k, j, i)`` array (a copy)."""
+    check_volume(volume_node)
+    image = volume_node.GetImageData()
+    ni, nj, nk = image.GetDimensions()
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return flat.reshape(nk, nj, ni).astype(np.float32, copy=True)
+
+
+def volume_shape(volume_node) -> tuple:
+    """``(k, j, i)`` voxel counts."""
+    ni, nj, nk = volume_node.GetImageData().GetDimensions()
+    return (nk, nj, ni)
+
+
+def parent_to_world(node) -> np.ndarray:
+    """4x4 matrix from ``node``'s own frame to world RAS (identity without a parent
+    transform); a user error for a non-linear (warping) transform."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise user_error(f"'{node.GetName()}' is under a non-linear transform ('{parent.GetName()}'); "
+                         "harden it first (RadSAM works on the voxel grid)")
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    return matrix_to_numpy(m)
+
+
+def ijk_to_world(volume_node) -> np.ndarray:
+    """4x4 matrix: homogeneous ``(i, j, k, 1)`` -> world RAS, parent transform included."""
+    m = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(m)
+    return parent_to_world(volume_node) @ matrix_to_numpy(m)
+
+
+def ijk_to_node_frame(volume_node, other_node) -> np.ndarray:
+    """4x4 matrix: volume IJK -> the local (pre-parent-transform) frame of ``other_node``
+    (e.g. a segmentation node, whose labelmaps are stored in its local frame)."""
+    return np.linalg.inv(parent_to_world(other_node)) @ ijk_to_world(volume_node)
+
+
+def world_to_kji(volume_node, ras) -> np.ndarray:
+    """Continuous ``(k, j, i)`` voxel coordinates of world RAS points ``(..., 3)``."""
+    ras = np.asarray(ras, dtype=np.float64)
+    h = np.concatenate([ras.reshape(-1, 3), np.ones((ras.reshape(-1, 3).shape[0], 1))], axis=1)
+    ijk = (np.linalg.inv(ijk_to_world(volume_node)) @ h.T).T[:, :3]
+    return ijk[:, ::-1].reshape(ras.shape)
+
+
+def kji_to_world(volume_node, kji) -> np.ndarray:
+    """World RAS of continuous ``(k, j, i)`` voxel coordinates ``(..., 3)``."""
+    kji = np.asarray(kji, dtype=np.float64)
+    flat = kji.reshape(-1, 3)[:, ::-1]
+    h = np.concatenate([flat, np.ones((flat.shape[0], 1))], axis=1)
+    return (ijk_to_world(volume_node) @ h.T).T[:, :3].reshape(kji.shape)
+
+
+def slice_axis(volume_node, view_normal_ras=None) -> int:
+    """Numpy axis (0 = k, 1 = j, 2 = i) to propagate across.
+
+    Without a view, the volume's own slice axis (k, numpy axis 0). With a slice view's
+    normal (world RAS direction), the IJK axis whose world direction is closest to it,
+    so propagation runs across the slices the user is looking at.
+    """
+    if view_normal_ras is None:
+        return 0
+    n = np.asarray(view_normal_ras, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    cols = ijk_to_world(volume_node)[:3, :3]
+    cols = cols / np.linalg.norm(cols, axis=0, keepdims=True)
+    ijk_axis = int(np.argmax(np.abs(n @ cols)))
+    return 2 - ijk_axis
+
+
+def split_kji(kji, axis: int):
+    """``(slice index, x, y)`` of continuous ``(k, j, i)`` coordinates for slices across
+    ``axis``: rows are the first remaining numpy axis, columns the second, and
+    ``(x, y) = (column, row)``."""
+    kji = np.asarray(kji, dtype=np.float64)
+    rest = [a for a in range(3) if a != axis]
+    return kji[..., axis], kji[..., rest[1]], kji[..., rest[0]]
+
+
+def slice_index_at(volume_node, ras, axis: int) -> int:
+    """Index of the slice across ``axis`` nearest to world RAS point ``ras`` (not clipped)."""
+    s, _, _ = split_kji(world_to_kji(volume_node, ras), axis)
+    return int(np.floor(float(s) + 0.5))

@@ -1,0 +1,111 @@
+"""Long work off the main thread: one persistent worker thread and the jobs it runs.
+
+The worker thread runs RadSAMLib (model loading, encoding, propagation) and never touches
+Qt or MRML. A :class:`Job` is the only thing the two threads share: the worker reports
+finished slices (copies of their masks) and progress into it; the main thread polls it
+(from a timer in Slicer, from a loop in tests), copies finished slices into MRML, and may
+cancel it. Cancelling stops before the next slice; every slice reported is complete.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+
+
+class Job:
+    """One interaction run on the worker. ``fn(job)`` does the work and returns its result
+    (a RadSAMLib ``Change``); it reports slices with :meth:`slice_done` and progress with
+    :meth:`set_progress`, and registers what to call on cancel with :meth:`on_cancel`."""
+
+    def __init__(self, fn, name: str = "job"):
+        self.fn = fn
+        self.name = name
+        self.result = None
+        self.error: BaseException | None = None
+        self.error_traceback = ""
+        self.done = threading.Event()
+        self.cancel_requested = threading.Event()
+        self._lock = threading.Lock()
+        self._slices: dict = {}          # slice index -> bool (rows, cols) mask, not yet taken
+        self._progress = (0, 0)
+        self._cancel_fn = None
+
+    # -- worker side ---------------------------------------------------------------------
+    def slice_done(self, idx: int, mask) -> None:
+        with self._lock:
+            self._slices[int(idx)] = mask
+        if self.cancel_requested.is_set() and self._cancel_fn is not None:
+            self._cancel_fn()   # re-assert: a cancel may have raced with the interaction's start
+
+    def set_progress(self, done: int, total: int) -> None:
+        with self._lock:
+            self._progress = (int(done), int(total))
+
+    def on_cancel(self, fn) -> None:
+        self._cancel_fn = fn
+        if self.cancel_requested.is_set():
+            fn()
+
+    def run(self) -> None:
+        try:
+            if self.cancel_requested.is_set():
+                return
+            self.result = self.fn(self)
+        except BaseException as e:  # reported to the main thread, never raised on the worker
+            self.error = e
+            self.error_traceback = traceback.format_exc()
+        finally:
+            self.done.set()
+
+    # -- main-thread side ----------------------------------------------------------------
+    def cancel(self) -> None:
+        self.cancel_requested.set()
+        if self._cancel_fn is not None:
+            self._cancel_fn()
+
+    def take_slices(self) -> dict:
+        """Finished slices since the last call: ``{index: mask}``."""
+        with self._lock:
+            out, self._slices = self._slices, {}
+        return out
+
+    @property
+    def progress(self) -> tuple:
+        with self._lock:
+            return self._progress
+
+    @property
+    def finished(self) -> bool:
+        return self.done.is_set()
+
+
+class Worker:
+    """A persistent daemon thread that runs submitted jobs one at a time, in order.
+
+    One thread for the module's lifetime, so torch's per-thread state (and any CUDA
+    context) is set up once."""
+
+    def __init__(self, name: str = "radsam-worker"):
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Job:
+        self._queue.put(job)
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job.run()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()

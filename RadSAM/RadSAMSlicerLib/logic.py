@@ -1,0 +1,292 @@
+"""RadSAMLogic: MRML nodes <-> a RadSAMLib ``Session``, with no Qt and no ``slicer.modules``.
+
+The scene is passed in. The main thread owns MRML: it extracts the volume's voxels, turns
+markups into prompts, and copies finished slices into the segment (:meth:`pump`). The
+persistent worker thread owns RadSAMLib: it loads the model, encodes slices and runs the
+interaction, reporting each finished slice through a :class:`~.jobs.Job`.
+
+One ``Session`` per (volume, axis, model, segment); the slice embeddings (the
+``SliceEngine``) are shared by every segment of a volume. Before each interaction the
+session's mask is synchronised with the segment, so a session started on a segment that
+already has voxels (or that was painted by hand since) keeps them, and undo restores the
+segment exactly as it was before the interaction.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import geometry, markups, segmentio
+from .errors import user_error
+from .jobs import Job, Worker
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model: a RadSAMLib name (``litemedsam``, ``radsam``, ``sam_vit_b``...), an
+    optional checkpoint file and a device (``auto``, ``cpu``, ``cuda``)."""
+
+    name: str = "litemedsam"
+    checkpoint: str | None = None
+    device: str = "auto"
+
+
+def default_model_loader(spec: ModelSpec):
+    from RadSAMLib.models import load_model
+    return load_model(spec.name, checkpoint=spec.checkpoint, device=spec.device)
+
+
+def default_engine_factory(model, volume_kji: np.ndarray, axis: int):
+    from RadSAMLib.engine import SliceEngine
+    return SliceEngine(model, volume_kji, axis=axis)
+
+
+@dataclass
+class _Target:
+    volume_node: object
+    segmentation_node: object
+    segment_id: str
+    axis: int
+
+
+class RadSAMLogic:
+    """Segment with RadSAM in a MRML scene.
+
+    ``model_loader(ModelSpec) -> model`` and ``engine_factory(model, volume, axis) ->
+    SliceEngine`` can be replaced (tests pass an engine whose slices are already encoded).
+    """
+
+    def __init__(self, scene, model_loader=None, engine_factory=None, worker: Worker | None = None,
+                 strategy=None):
+        self.scene = scene
+        self.model_loader = model_loader or default_model_loader
+        self.engine_factory = engine_factory or default_engine_factory
+        self.worker = worker or Worker()
+        self.strategy = strategy
+        self.model_spec = ModelSpec()
+        self._models: dict = {}
+        self._engines: dict = {}       # (volume id, image mtime, axis, model spec) -> SliceEngine
+        self._sessions: dict = {}      # engine key + (segmentation id, segment id) -> Session
+        self.session = None
+        self.target: _Target | None = None
+        self.job: Job | None = None
+        self._job_target: _Target | None = None
+        self._job_written: set = set()
+
+    # -- nodes -----------------------------------------------------------------------------
+    def create_segmentation(self, volume_node, name: str | None = None):
+        """A new segmentation on ``volume_node``'s grid, under the same parent transform."""
+        geometry.check_volume(volume_node)
+        seg = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                           name or f"{volume_node.GetName()} RadSAM")
+        seg.CreateDefaultDisplayNodes()
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        parent = volume_node.GetParentTransformNode()
+        seg.SetAndObserveTransformNodeID(parent.GetID() if parent else None)
+        return seg
+
+    @staticmethod
+    def add_segment(segmentation_node, name: str = "RadSAM") -> str:
+        return segmentation_node.GetSegmentation().AddEmptySegment("", name)
+
+    # -- targets and sessions ------------------------------------------------------------
+    def set_model(self, spec: ModelSpec) -> None:
+        self.model_spec = spec
+
+    def _engine_key(self, volume_node, axis):
+        return (volume_node.GetID(), volume_node.GetImageData().GetMTime(), axis, self.model_spec)
+
+    def target_for(self, volume_node, segmentation_node, segment_id, axis: int = 0) -> _Target:
+        geometry.check_volume(volume_node)
+        segmentio.check_segment(segmentation_node, segment_id)
+        geometry.parent_to_world(segmentation_node)   # non-linear transforms are refused here
+        if axis not in (0, 1, 2):
+            raise user_error(f"propagation axis must be 0, 1 or 2, got {axis}")
+        return _Target(volume_node, segmentation_node, segment_id, axis)
+
+    def _session_job(self, target: _Target, interact, name: str) -> Job:
+        """Submit ``interact(session) -> Change`` for ``target`` to the worker. Voxels are
+        read here, on the main thread; the model, engine and session are made on the worker."""
+        if self.busy:
+            raise user_error("RadSAM is still working: wait for it or press Cancel")
+        ekey = self._engine_key(target.volume_node, target.axis)
+        skey = ekey + (target.segmentation_node.GetID(), target.segment_id)
+        volume = None if ekey in self._engines else geometry.volume_array(target.volume_node)
+        current = segmentio.read_segment(target.segmentation_node, target.segment_id, target.volume_node)
+        spec, strategy = self.model_spec, self.strategy
+
+        def run(job: Job):
+            from RadSAMLib.session import Session
+            session = self._sessions.get(skey)
+            if session is None:
+                engine = self._engines.get(ekey)
+                if engine is None:
+                    model = self._models.get(spec) or self.model_loader(spec)
+                    self._models = {spec: model}  # keep one model in memory
+                    engine = self.engine_factory(model, volume, target.axis)
+                    # One engine per volume (its embeddings are the memory that matters);
+                    # sessions on a dropped engine go with it.
+                    engines = {k: v for k, v in self._engines.items() if k[0] != ekey[0]}
+                    engines[ekey] = engine
+                    self._engines = engines
+                    self._sessions = {k: v for k, v in self._sessions.items() if k[:4] in engines}
+                session = Session(engine.model, engine.volume, axis=target.axis, strategy=strategy, engine=engine)
+                self._sessions[skey] = session
+            if session.mask.shape != current.shape:
+                raise user_error("the volume changed shape; select it again")
+            if not np.array_equal(session.mask, current):
+                np.copyto(session.mask, current)   # the segment is the truth: keep hand edits
+            session.on_slice = lambda idx, result: job.slice_done(idx, session.slice_mask(idx).copy())
+            session.progress = job.set_progress
+            job.session = session
+            job.on_cancel(session.cancel)
+            return interact(session)
+
+        job = Job(run, name)
+        self.job, self._job_target, self._job_written = job, target, set()
+        self.target = target
+        return self.worker.submit(job)
+
+    # -- interactions (asynchronous: returns a Job; call pump() until job.finished) ------
+    def start_segment(self, target: _Target, slice_idx: int, prompt, bounds=None) -> Job:
+        """Prompt on ``slice_idx`` (a RadSAMLib ``SlicePrompt``), propagated to ``bounds``
+        (inclusive ``(bottom, top)`` slice indices along ``target.axis``)."""
+        if bounds is not None and (bounds[0] is None or bounds[1] is None):
+            raise user_error("set both the bottom and the top slice (or neither)", "BoundsError")
+        return self._session_job(target, lambda s: s.segment(slice_idx, prompt, bounds=bounds), "segment")
+
+    def start_segment_from_markups(self, target: _Target, bounds=None, box_node=None, positive=None,
+                                   negative=None, mask_slice: int | None = None) -> Job:
+        """Like :meth:`start_segment`, the prompt read from markups (and, with
+        ``mask_slice``, the segment's current mask on that slice)."""
+        mask = None
+        if mask_slice is not None:
+            current = segmentio.read_segment(target.segmentation_node, target.segment_id, target.volume_node)
+            mask = current[segmentio.slice_key(target.axis, int(mask_slice))] > 0
+            if not mask.any():
+                raise user_error(f"the segment is empty on slice {mask_slice}: nothing to use as a mask prompt",
+                                 "PromptError")
+        idx, prompt = markups.initial_prompt(target.volume_node, target.axis, box_node, positive, negative,
+                                             mask, mask_slice)
+        return self.start_segment(target, idx, prompt, bounds)
+
+    def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job:
+        """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate."""
+        return self._session_job(target, lambda s: s.edit(slice_idx, point_xy, positive), "edit")
+
+    def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job:
+        """A correction click at world RAS ``ras``."""
+        shape = geometry.volume_shape(target.volume_node)
+        s, x, y = geometry.split_kji(geometry.world_to_kji(target.volume_node, ras), target.axis)
+        rows, cols = [shape[a] for a in range(3) if a != target.axis]
+        idx = int(np.floor(float(s) + 0.5))
+        if not (0 <= idx < shape[target.axis] and -0.5 <= x <= cols - 0.5 and -0.5 <= y <= rows - 0.5):
+            raise user_error("the correction point is outside the volume", "PromptError")
+        xy = (float(np.clip(x, 0, cols - 1)), float(np.clip(y, 0, rows - 1)))
+        return self.start_edit(target, idx, xy, positive)
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and not (self.job.finished and self._job_target is None)
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def pump(self) -> list:
+        """Main thread: copy the slices the worker finished into the segment. When the job
+        is over, make the segment match the session on every slice the job changed, and
+        end the job. Returns the slices written; re-raises nothing (see ``job.error``)."""
+        job, target = self.job, self._job_target
+        if job is None or target is None:
+            return []
+        finished = job.finished              # read before taking slices: none can come after
+        masks = job.take_slices()
+        if finished and job.error is None and job.result is not None:
+            session = job.session
+            for idx in job.result.slices:     # the final state of every changed slice
+                masks[idx] = session.slice_mask(idx)
+        try:
+            written = segmentio.write_slices(target.segmentation_node, target.segment_id,
+                                             target.volume_node, masks, target.axis)
+        except Exception:
+            # The segment cannot take results (e.g. it was deleted): stop the run and stop
+            # writing; the next interaction starts again from the segment's content.
+            job.cancel()
+            self._job_target = None
+            raise
+        self._job_written.update(masks)
+        if finished:
+            self._job_target = None
+        return written
+
+    def wait(self, job: Job | None = None, timeout: float = 600.0, interval: float = 0.02):
+        """Pump until the job ends (the synchronous path: scripts and tests). Returns the
+        job's ``Change``; re-raises the job's error."""
+        job = job or self.job
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            if job.finished and self._job_target is None:
+                break
+            if time.monotonic() > deadline:
+                job.cancel()
+                raise TimeoutError(f"RadSAM {job.name} did not finish in {timeout:.0f} s")
+            time.sleep(interval)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    # -- synchronous conveniences ----------------------------------------------------------
+    def segment(self, target: _Target, slice_idx: int, prompt, bounds=None):
+        return self.wait(self.start_segment(target, slice_idx, prompt, bounds))
+
+    def edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True):
+        return self.wait(self.start_edit(target, slice_idx, point_xy, positive))
+
+    # -- undo / redo (fast: no model call; main thread) ---------------------------------
+    def _history(self, which: str):
+        if self.busy:
+            raise user_error("RadSAM is still working: wait for it or press Cancel")
+        t = self.target
+        if t is None or self.session_for(t) is None:
+            return None
+        session = self.session_for(t)
+        change = getattr(session, which)()
+        segmentio.write_slices(t.segmentation_node, t.segment_id, t.volume_node,
+                               {i: session.slice_mask(i) for i in change.slices}, t.axis)
+        return change
+
+    def undo(self):
+        """Undo the last interaction on the current target; the segment gets back exactly
+        the voxels it had before it. Returns the ``Change`` (``None`` without a session)."""
+        return self._history("undo")
+
+    def redo(self):
+        return self._history("redo")
+
+    def session_for(self, target: _Target):
+        ekey = self._engine_key(target.volume_node, target.axis)
+        return self._sessions.get(ekey + (target.segmentation_node.GetID(), target.segment_id))
+
+    def can_undo(self) -> bool:
+        s = self.session_for(self.target) if self.target else None
+        return bool(s and s.can_undo)
+
+    def can_redo(self) -> bool:
+        s = self.session_for(self.target) if self.target else None
+        return bool(s and s.can_redo)
+
+    def clear_cache(self) -> None:
+        """Forget sessions, encoded slices and the model (e.g. when the scene closes)."""
+        if self.busy:
+            self.cancel()
+            return
+        self._sessions, self._engines, self._models = {}, {}, {}
+        self.target = None
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self.worker.shutdown(timeout=5)
