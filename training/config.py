@@ -1,0 +1,63 @@
+"""Training settings: one dataclass, read from a JSON file (``training/configs/*.json``).
+
+Unknown keys are an error (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class Config:
+    # data
+    shards: list = field(default_factory=list)       # glob patterns of training shards (training/pack.py)
+    val_shards: list = field(default_factory=list)   # held-out shards for periodic validation
+    shard_weights: dict = field(default_factory=dict)  # shard-name prefix -> sampling weight (default 1 per object)
+    max_val_objects: int = 12                        # validation objects (volume-level protocol)
+    # prompts: kind -> probability (normalised); each batch uses one kind
+    prompt_mix: dict = field(default_factory=lambda: {
+        "box": 0.2, "points": 0.05, "mask": 0.25, "mask+box": 0.35, "mask+point": 0.15})
+    neighbor_prob: float = 0.7      # mask prompts: a neighbouring slice's GT (else the same slice's)
+    neighbor_max_offset: int = 1    # neighbour at +-1..this slices
+    noise: dict = field(default_factory=lambda: {"rot_deg": 5.0, "scale": 0.10, "shift": 0.15, "morph": 5})
+    box_jitter_px: float = 10.0     # model-frame pixels (GT box prompts)
+    mask_box_margin: list = field(default_factory=lambda: [0.0, 8.0])  # model px, box around a mask prompt
+    # model
+    base_model: str = "litemedsam"
+    train_parts: list = field(default_factory=lambda: ["prompt_encoder", "mask_decoder"])
+    # loss
+    alt_weight: float = 0.5         # min-loss over the 3 alternatives (SAM's ambiguity rule)
+    iou_weight: float = 1.0         # MSE of the IoU head against the true IoU, all 4 outputs
+    l2sp: float = 0.0               # pull toward the base weights (sum of squared differences)
+    # optimisation
+    lr: float = 1e-5
+    batch_size: int = 8
+    steps: int = 1000
+    max_minutes: float = 0.0        # stop early (then validate + export) after this wall time; 0 = no limit
+    amp: bool = False               # bf16 autocast (GPU)
+    seed: int = 0
+    workers: int = 0
+    # bookkeeping
+    out_dir: str = "runs/radsam"
+    embed_cache: str = ""           # folder for cached embeddings (CPU path); "" = memory only
+    val_every: int = 500
+    save_every: int = 500
+    val_strategies: list = field(default_factory=lambda: ["mask", "mask+box"])
+    default_strategy: str = "mask+box"
+    device: str = "auto"
+
+    @classmethod
+    def load(cls, path, **overrides) -> "Config":
+        raw = json.loads(Path(path).read_text())
+        raw.update(overrides)
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(raw) - known - {"comment"})
+        if bad:
+            raise ValueError(f"unknown config keys in {path}: {', '.join(bad)}")
+        raw.pop("comment", None)
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,63 @@
+"""Base vs fine-tuned, volume-level protocol, on packed volumes (``training/pack.py``).
+
+    python -m training.evaluate --shards 'DIR/openkbp_validation_*.npz' \\
+        --col base_box5=litemedsam@box:5 --col base_slice=litemedsam@slice \\
+        --col ft_mask=runs/gpu/radsam_litemedsam.safetensors@mask --out results.json
+
+Each column is ``name=MODEL@STRATEGY`` (``slice`` = slice-level GT box on every slice).
+All models must share the base image encoder (RadSAM deltas do), so every slice is
+encoded once. Prints and writes per-object Dice and the means.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from .data import EmbeddingStore, load_shards
+from .validate import evaluate, means
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="volume-level Dice, base vs fine-tuned")
+    ap.add_argument("--shards", nargs="+", required=True)
+    ap.add_argument("--col", action="append", required=True, metavar="NAME=MODEL@STRATEGY")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    from RadSAMLib.models import load_model
+
+    loaded, cols = {}, {}
+    for spec in a.col:
+        name, _, rest = spec.partition("=")
+        mname, _, strat = rest.rpartition("@")
+        if mname not in loaded:
+            loaded[mname] = load_model(mname, device=a.device)
+        cols[name] = (loaded[mname], strat)
+    # RadSAM deltas hold no image-encoder tensors (training/train.py refuses to train it),
+    # so the first model's embeddings serve every column.
+    encoder = next(iter(loaded.values()))
+    shards = load_shards(a.shards)
+    t0 = time.time()
+    store = EmbeddingStore().build(encoder, shards)
+    print(f"encoded {sum(len(s.ct) for s in shards)} slices in {time.time() - t0:.1f} s", flush=True)
+    t0 = time.time()
+    rows = evaluate(cols, shards, store, progress=lambda r: print(
+        r["shard"], r["object"], " ".join(f"{c}={r[c]:.3f}" for c in cols), flush=True))
+    m = means(rows, cols)
+    by_obj = {}
+    for r in rows:
+        by_obj.setdefault(r["object"], []).append(r)
+    per_object = {o: {c: float(np.mean([r[c] for r in rs])) for c in cols} | {"n": len(rs)} for o, rs in by_obj.items()}
+    print(f"evaluated {len(rows)} objects in {time.time() - t0:.1f} s")
+    print("mean " + " ".join(f"{c}={v:.3f}" for c, v in m.items()))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"columns": {c: s for c, s in zip(cols, a.col)}, "mean": m, "per_object": per_object,
+                       "rows": rows, "n_objects": len(rows)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

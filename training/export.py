@@ -1,0 +1,34 @@
+"""Export the fine-tuned parts as a RadSAM delta: fp16 safetensors + a metadata record.
+
+The record (JSON under the safetensors metadata key ``radsam``, also written beside the
+file as ``.json``) names the base model and its SHA-256 (checked at load time by
+``RadSAMLib.models.registry._build_radsam``), the default propagation strategy, the
+training config, the data and the validation Dice.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def delta_tensors(model, parts) -> dict:
+    """fp16 copies of the trained parts' parameters (state-dict keys)."""
+    # Parameters only: fixed buffers (e.g. the positional-encoding matrix) stay the base's.
+    return {k: v.detach().to("cpu", torch.float16).contiguous()
+            for k, v in model.named_parameters() if k.split(".")[0] in parts}
+
+
+def export_delta(model, parts, path, record: dict) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "base_model" not in record:
+        raise ValueError("the metadata record must name its base_model")
+    record = {"base_sha256": model.info.sha256, **record}
+    tensors = delta_tensors(model, parts)
+    save_file(tensors, str(path), metadata={"radsam": json.dumps(record)})
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    return path

@@ -1,0 +1,179 @@
+"""The training loop: ``python -m training.train training/configs/gpu.json [--set key=json ...]``.
+
+Frozen image encoder, cached embeddings; trains ``cfg.train_parts`` (prompt encoder + mask
+decoder) with Adam at a constant learning rate. Writes to ``cfg.out_dir``:
+``last.pt`` (model parts, optimizer, step, config; resumed automatically), ``log.csv``
+(one row per step), ``val.csv`` (periodic volume-level validation), ``best.pt`` and the
+exported delta ``radsam_litemedsam.safetensors`` (+ ``.json``) of the best validation.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data import BatchStream, EmbeddingStore, SampleIndex, batch_embeddings, load_shards
+from .export import export_delta
+from .objective import decode_batch, loss_fn
+from .validate import evaluate, means
+
+
+def trainable(model, parts):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = []
+    for part in parts:
+        if part == "image_encoder":
+            raise ValueError("train_parts: 'image_encoder' is not supported: a full fine-tune's delta "
+                             "(~20 MB fp16) would not fit the repository, and the encoder is shared with "
+                             "the base model's box behaviour (see training/README.md)")
+        mod = getattr(model, part)
+        for p in mod.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+def _trained_state(model, parts):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[0] in parts}
+
+
+def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
+    """Train, validate, export; ``store`` may hold embeddings computed elsewhere."""
+    from RadSAMLib.models import load_model
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(cfg.base_model, device=cfg.device)
+    dev = model.device
+    shards = load_shards(cfg.shards)
+    val_shards = load_shards(cfg.val_shards) if cfg.val_shards else []
+    t0 = time.time()
+    store = (store or EmbeddingStore()).build(model, shards + val_shards, cache_dir=cfg.embed_cache)
+    n_slices = sum(len(s.ct) for s in shards + val_shards)
+    log(f"embeddings: {n_slices} slices in {time.time() - t0:.1f} s on {dev}")
+    index = SampleIndex(shards, cfg.shard_weights)
+    log(f"samples: {len(index.rows)} (slice, object) pairs, {len(index.classes)} object classes")
+
+    params = trainable(model, cfg.train_parts)
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if cfg.l2sp else {}
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    step, best = 0, -1.0
+    ck = out / "last.pt"
+    if ck.is_file():  # resume
+        state = torch.load(ck, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        step, best = int(state["step"]), float(state["best"])
+        log(f"resumed from {ck} at step {step}")
+
+    stream = BatchStream(shards, index, cfg, seed=cfg.seed * 1000 + step, mask_size=model.mask_input_size)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
+                                         persistent_workers=cfg.workers > 0)
+    new_log = not (out / "log.csv").is_file()
+    logf = open(out / "log.csv", "a", newline="")
+    logw = csv.writer(logf)
+    if new_log:
+        logw.writerow(["step", "kind", "loss", "primary", "alt", "iou_mse", "samples_per_s", "seconds"])
+
+    def save(path):
+        torch.save({"model": _trained_state(model, cfg.train_parts), "optimizer": opt.state_dict(),
+                    "step": step, "best": best, "config": json.dumps(cfg.to_dict())}, path)
+
+    def validate():
+        nonlocal best
+        if not val_shards:
+            return None
+        model.eval()
+        cols = {s: (model, s) for s in cfg.val_strategies}
+        rows = evaluate(cols, val_shards, store, cfg.max_val_objects)
+        m = means(rows, cols)
+        model.train()
+        new = not (out / "val.csv").is_file()
+        with open(out / "val.csv", "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step"] + list(cols))
+            w.writerow([step] + [f"{m[c]:.4f}" for c in cols])
+        score = m.get(cfg.default_strategy, next(iter(m.values())))
+        log(f"step {step}: validation " + ", ".join(f"{c} {v:.3f}" for c, v in m.items()))
+        if score > best:
+            best = score
+            save(out / "best.pt")
+        return m
+
+    first = validate() if step == 0 else None
+    model.train()
+    losses = []
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
+    it = iter(loader)
+    tick = time.time()
+    stop = cfg.steps
+    while step < stop:
+        if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes and step < stop:
+            log(f"time limit of {cfg.max_minutes} min reached at step {step}")
+            stop = step + 1  # one more step, then the final validation + save
+        b = next(it)
+        emb = batch_embeddings(store, shards, b)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda"):
+            logits, iou = decode_batch(model, emb, b.get("box"), b.get("points"), b.get("labels"), b.get("mask"))
+        loss, parts = loss_fn(logits, iou, b["target"].to(dev), cfg.alt_weight, cfg.iou_weight)
+        if cfg.l2sp:
+            loss = loss + cfg.l2sp * sum(((p - base[n]) ** 2).sum() for n, p in model.named_parameters() if n in base)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        now = time.time()
+        sps = cfg.batch_size / max(now - tick, 1e-9)
+        tick = now
+        losses.append(loss.item())
+        logw.writerow([step, b["kind"], f"{loss.item():.5f}", f"{parts['primary']:.5f}", f"{parts['alt']:.5f}",
+                       f"{parts['iou_mse']:.5f}", f"{sps:.1f}", f"{now - t0:.1f}"])
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", sps=f"{sps:.0f}")
+        if step % cfg.val_every == 0 or step == stop:
+            logf.flush()
+            validate()
+        if step % cfg.save_every == 0 or step == stop:
+            save(ck)
+    bar.close()
+    logf.close()
+
+    # Export the best validated weights (the last ones when there is no validation).
+    if (out / "best.pt").is_file():
+        model.load_state_dict(torch.load(out / "best.pt", map_location=dev, weights_only=True)["model"], strict=False)
+    record = {"base_model": cfg.base_model, "default_strategy": cfg.default_strategy, "config": cfg.to_dict(),
+              "data": {"shards": [s.name for s in shards], "val_shards": [s.name for s in val_shards],
+                       "samples": int(len(index.rows)), "classes": sorted(f"{g}:{n}" if g else n for g, n in index.classes)},
+              "validation_dice": {"best": best, "before": first}, "steps": step}
+    path = export_delta(model, cfg.train_parts, out / "radsam_litemedsam.safetensors", record)
+    log(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB), best validation {best:.3f}")
+    return {"losses": losses, "best": best, "first": first, "export": str(path), "step": step}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train RadSAM's mask-prompt model (see training/README.md)")
+    ap.add_argument("config")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="override config keys")
+    a = ap.parse_args(argv)
+    over = {}
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        try:
+            over[k] = json.loads(v)
+        except json.JSONDecodeError:
+            over[k] = v
+    run(Config.load(a.config, **over))
+
+
+if __name__ == "__main__":
+    main()

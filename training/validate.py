@@ -1,0 +1,62 @@
+"""The volume-level protocol on packed volumes, with embeddings already computed.
+
+For each object: the ground-truth box of its largest slice is the one prompt, the true
+bottom/top slices (restricted to slices with body content) are the bounds, and
+:class:`RadSAMLib.session.Session` propagates with a strategy; the score is the 3D Dice
+over the bounds. ``"slice"`` instead prompts every slice with its own ground-truth box
+(slice-level prompting, the upper reference).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from RadSAMLib.engine import SliceEngine
+from RadSAMLib.metrics import dice
+from RadSAMLib.prompts import SlicePrompt, box_of_mask
+from RadSAMLib.session import Session
+
+from .pack import u8_to_hu
+
+
+def engine_for(model, shard, embeddings) -> SliceEngine:
+    """A SliceEngine over the shard whose embedding cache is already filled."""
+    eng = SliceEngine(model, u8_to_hu(shard.ct), axis=0)
+    eng._cache = {z: embeddings[z:z + 1] for z in range(len(shard.ct))}
+    return eng
+
+
+def object_dice(model, shard, embeddings, label: int, strategy: str) -> float:
+    gt = shard.lab == label
+    zs = shard.slices_of(label)
+    lo, hi = int(zs[0]), int(zs[-1])
+    sess = Session(model, None, strategy=None if strategy == "slice" else strategy,
+                   engine=engine_for(model, shard, embeddings))
+    if strategy == "slice":
+        sess.segment_slices({int(z): SlicePrompt(box=box_of_mask(gt[z])) for z in zs})
+    else:
+        start = int(zs[np.argmax(gt[zs].reshape(len(zs), -1).sum(1))])
+        sess.segment(start, SlicePrompt(box=box_of_mask(gt[start])), bounds=(lo, hi))
+    return dice(sess.mask[lo:hi + 1], gt[lo:hi + 1])
+
+
+def evaluate(models: dict, shards, store, max_objects: int | None = None, progress=None) -> list:
+    """``models``: column name -> (model, strategy). Returns rows
+    ``{"shard", "object", column: dice, ...}``."""
+    rows = []
+    for sh in shards:
+        for v, name in sh.objects.items():
+            if not len(sh.slices_of(v)):
+                continue
+            if max_objects is not None and len(rows) >= max_objects:
+                return rows
+            row = {"shard": sh.name, "object": name}
+            for col, (m, strat) in models.items():
+                row[col] = object_dice(m, sh, store[sh.name], v, strat)
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def means(rows, cols) -> dict:
+    return {c: float(np.mean([r[c] for r in rows])) if rows else float("nan") for c in cols}
