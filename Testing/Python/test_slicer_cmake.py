@@ -50,7 +50,8 @@ def test_module_cmake_lists_every_script_and_resource():
     cm = folder / "CMakeLists.txt"
     scripts = set(cmake_list(cm, "MODULE_PYTHON_SCRIPTS"))
     resources = set(cmake_list(cm, "MODULE_PYTHON_RESOURCES"))
-    assert scripts == {f for f in files_under(folder, "*.py")}
+    present = files_under(folder, "*.py")
+    assert scripts == present, f"RadSAM/CMakeLists.txt: add {sorted(present - scripts)}, remove {sorted(scripts - present)}"
     assert resources == {"Resources/" + f for f in files_under(folder / "Resources")} and resources
     text = cmake_text(cm)
     assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
@@ -60,10 +61,13 @@ def test_module_cmake_lists_every_script_and_resource():
 def test_radsamlib_cmake_ships_the_whole_package_with_subdir():
     folder = ROOT / "RadSAMLib"
     cm = folder / "CMakeLists.txt"
-    scripts = cmake_list(cm, "MODULE_PYTHON_SCRIPTS")
-    assert {s if s.endswith(".py") else s + ".py" for s in scripts} == files_under(folder, "*.py")
-    data = {f for f in files_under(folder) if not f.endswith(".py")}
-    assert set(cmake_list(cm, "MODULE_PYTHON_RESOURCES")) == data   # e.g. weights/*.safetensors
+    listed = {s if s.endswith(".py") else s + ".py" for s in cmake_list(cm, "MODULE_PYTHON_SCRIPTS")}
+    present = files_under(folder, "*.py")
+    assert listed == present, (f"RadSAMLib/CMakeLists.txt MODULE_PYTHON_SCRIPTS: add {sorted(present - listed)}, "
+                               f"remove {sorted(listed - present)}")
+    data = {f for f in files_under(folder) if not f.endswith(".py")}     # e.g. weights/*.safetensors
+    res = set(cmake_list(cm, "MODULE_PYTHON_RESOURCES"))
+    assert res == data, f"RadSAMLib/CMakeLists.txt MODULE_PYTHON_RESOURCES: add {sorted(data - res)}, remove {sorted(res - data)}"
     text = cmake_text(cm)
     assert "WITH_SUBDIR" in text and re.search(r"set\(\s*MODULE_NAME\s+RadSAMLib\s*\)", text)
 
