@@ -107,17 +107,21 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- module lifecycle --------------------------------------------------------------------
     def enter(self):
+        self.removeShortcuts()
         for name, key in SHORTCUTS.items():
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
             shortcut.connect("activated()", getattr(self.ui, name).click)
             self._shortcuts.append(shortcut)
 
     def exit(self):
+        self.removeShortcuts()
+        self.stopPlacing()
+
+    def removeShortcuts(self):
         for shortcut in self._shortcuts:
             shortcut.setEnabled(False)
             shortcut.deleteLater()
         self._shortcuts = []
-        self.stopPlacing()
 
     def cleanup(self):
         self.exit()
@@ -144,7 +148,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.deviceComboBox.currentText = "cpu"
                 self.logic.set_model(self.modelSpec())
         elif not is_user_error(exc):
-            logging.exception("RadSAM failed")
+            logging.error("RadSAM failed", exc_info=exc)
             slicer.util.errorDisplay(text)
 
     def ensureLogic(self):
@@ -192,8 +196,9 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node.CreateDefaultDisplayNodes()
             color = {BOX_NAME: (1.0, 0.8, 0.1), POSITIVE_NAME: (0.1, 0.9, 0.2), NEGATIVE_NAME: (0.9, 0.1, 0.1)}[name]
             node.GetDisplayNode().SetSelectedColor(*color)
-            if name != BOX_NAME:
-                self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+        if node is not None and name != BOX_NAME and \
+                not self.hasObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced):
+            self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
         return node
 
     def target(self):
