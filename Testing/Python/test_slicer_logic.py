@@ -239,6 +239,58 @@ def test_bad_prompts_have_clear_messages():
         segmentio.read_segment(seg, "nope", vol)
 
 
+# -- writing slices into a segment (no model) -------------------------------------------------
+def test_write_slices_touches_only_those_slices_of_that_segment(abdomen):
+    need(ABDOMEN)
+    mrml = Mrml()
+    vol = mrml.load_ct(transform=True)
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(vol)
+    seg.SetAndObserveTransformNodeID(vol.GetParentTransformNode().GetID())
+    liver = (abdomen[2] == LIVER).astype(np.uint8)
+    kidney = (abdomen[2] == KIDNEY_L).astype(np.uint8)
+    other = fill_segment(mrml, seg, "liver", liver, vol)
+    sid = fill_segment(mrml, seg, "work", kidney, vol)
+    seg.GetSegmentation().CollapseBinaryLabelmaps(False)
+    assert seg.GetSegmentation().GetNumberOfLayers() == 1          # both in one shared layer
+    rng = np.random.default_rng(0)
+    new = {5: rng.random(kidney.shape[1:]) > 0.5, 6: np.zeros(kidney.shape[1:], bool), 29: liver[29] > 0}
+    changed = segmentio.write_slices(seg, sid, vol, new, axis=0)
+    assert changed == [5, 6, 29]
+    want = kidney.copy()
+    for k, m in new.items():
+        want[k] = m
+    assert np.array_equal(segment_voxels(seg, sid, vol), want)
+    assert np.array_equal(segment_voxels(seg, other, vol), liver)   # even where they now overlap
+    assert segmentio.write_slices(seg, sid, vol, {5: new[5]}, axis=0) == []     # unchanged: no write
+    # Slices across another axis (j): rows are k, columns i.
+    col = np.zeros((want.shape[0], want.shape[2]), bool)
+    col[3:9, 40:60] = True
+    segmentio.write_slices(seg, sid, vol, {50: col}, axis=1)
+    want[:, 50, :] = col
+    assert np.array_equal(segment_voxels(seg, sid, vol), want)
+    segmentio.write_segment(seg, sid, vol, np.zeros_like(want))
+    assert not segment_voxels(seg, sid, vol).any()
+    assert np.array_equal(segment_voxels(seg, other, vol), liver)
+
+
+def test_slicer_replace_with_an_extent_replaces_the_whole_segment(abdomen):
+    """Why segmentio writes whole segments: measured Slicer behaviour (if this starts
+    failing, Slicer changed and slab writes may become possible)."""
+    need(ABDOMEN)
+    mrml = Mrml()
+    vol = mrml.load_ct()
+    seg = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    kidney = (abdomen[2] == KIDNEY_L).astype(np.uint8)
+    sid = fill_segment(mrml, seg, "work", kidney, vol)
+    img = segmentio._oriented_image(kidney, geo.ijk_to_node_frame(vol, seg))
+    ni, nj, _ = vol.GetImageData().GetDimensions()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    logic.SetBinaryLabelmapToSegment(img, seg, sid, logic.MODE_REPLACE, [0, ni - 1, 0, nj - 1, 10, 10])
+    got = segment_voxels(seg, sid, vol)
+    assert np.array_equal(got[10], kidney[10]) and not np.delete(got, 10, axis=0).any()
+
+
 # -- propagation into a segmentation ------------------------------------------------------
 @pytest.mark.parametrize("name", ["plain", "oblique+transform"])
 def test_propagation_is_written_voxel_exact(name, model, abdomen, abdomen_engine, spleen_reference):
