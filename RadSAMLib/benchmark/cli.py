@@ -1,0 +1,214 @@
+"""``radsam benchmark``: the simulated-user 3D Dice benchmark from the command line.
+
+The lead's ``RadSAMLib/cli.py`` mounts :func:`add_arguments` / :func:`run` as the
+``benchmark`` subcommand; ``python -m RadSAMLib.benchmark.cli ...`` runs it directly.
+Kept import-light (no torch at import): every ``radsam`` invocation imports this module.
+
+Results go to ``--out`` (``results.json``, ``report.md``, PNG plots). The JSON is
+rewritten after every case; an interrupted run started again with the same arguments
+resumes from it without recomputing the finished cases.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import RadSAMError
+
+RESULTS_VERSION = 1
+
+
+def _csv(s):
+    return [x.strip() for x in str(s).split(",") if x.strip()]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Simulated-user benchmark: volume-level (one prompt + true bounds, propagation) and "
+                     "slice-level prompting with box/point prompts and correction clicks; 3D Dice per object, "
+                     "means with 95%% bootstrap intervals over cases, Markdown tables and PNG plots.")
+    p.add_argument("dataset", help="dataset folder: npz pack, nnU-Net/AMOS, TotalSegmentator, or image/label "
+                                   "pairs with a labels.json (see docs/benchmark/README.md)")
+    p.add_argument("--labels", default=None, help="labels by name or value, comma-separated (default: all)")
+    p.add_argument("--cases", default=None, help="case names, comma-separated, or N for the first N (default: all)")
+    p.add_argument("--model", action="append", default=None, metavar="NAME[=CHECKPOINT]",
+                   help="model to benchmark, repeatable: litemedsam (default), radsam, a RadSAM .safetensors "
+                        "path, or sam_vit_b=/path/to/checkpoint.pth")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--strategies", default="box,mask,mask+box",
+                   help="propagation strategies, comma-separated (box, box:MARGIN, mask, mask+box)")
+    p.add_argument("--levels", default="volume,slice", help="volume and/or slice (default both)")
+    p.add_argument("--prompts", default="box,point", help="prompt kinds: box and/or point (default both)")
+    p.add_argument("--slice-strategies", default=None,
+                   help="strategies for slice level (they only change how a corrected slice is re-run; "
+                        "default: the same as --strategies)")
+    p.add_argument("--edits", type=int, default=20, help="volume-level correction clicks (default 20; Dice "
+                                                         "reported after 0,1,2,5,10,20)")
+    p.add_argument("--slice-edits", type=int, default=2, help="slice-level clicks per slice (default 2; up to 10)")
+    p.add_argument("--prompt-slice", default="middle", choices=("middle", "largest", "random"),
+                   help="volume-level prompt slice (default: the middle of the object's extent)")
+    p.add_argument("--min-voxels", type=int, default=50, help="skip smaller objects (default 50)")
+    p.add_argument("--min-slices", type=int, default=2, help="skip objects on fewer slices (default 2)")
+    p.add_argument("--min-body-fraction", type=float, default=0.01,
+                   help="a slice has body content when this fraction of it is above -500 HU (default 0.01)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated user (default 0)")
+    p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
+    p.add_argument("--fresh", action="store_true", help="discard an existing results.json in --out")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    p.add_argument("--pack", metavar="DST", default=None,
+                   help="instead of benchmarking, write the selected cases/labels as an npz pack to DST")
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:]
+    if argv[:1] == ["benchmark"]:
+        argv = argv[1:]
+    return "radsam benchmark " + shlex.join(argv)
+
+
+def _model_specs(specs):
+    out = []
+    for s in specs or ["litemedsam"]:
+        name, _, ckpt = s.partition("=")
+        label = Path(name).stem if name.endswith(".safetensors") else name
+        out.append((label, name, ckpt or None))
+    labels = [o[0] for o in out]
+    if len(set(labels)) != len(labels):
+        raise RadSAMError(f"the same model is listed twice: {', '.join(labels)}")
+    return out
+
+
+def _settings(args):
+    from .protocol import make_settings
+    levels, prompts, strategies = _csv(args.levels), _csv(args.prompts), _csv(args.strategies)
+    slice_strats = _csv(args.slice_strategies) if args.slice_strategies else strategies
+    for lv in levels:
+        if lv not in ("volume", "slice"):
+            raise RadSAMError(f"unknown level '{lv}' (choose volume, slice)")
+    settings = []
+    if "volume" in levels:
+        settings += make_settings(["volume"], prompts, strategies)
+    if "slice" in levels:
+        settings += make_settings(["slice"], prompts, slice_strats)
+    if not settings:
+        raise RadSAMError("no benchmark settings selected (check --levels, --prompts, --strategies)")
+    return settings
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _same_config(a: dict, b: dict) -> bool:
+    skip = {"command", "started"}
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def run(args) -> int:
+    from .datasets import open_dataset, pack_dataset
+    from .protocol import Protocol
+
+    if args.pack:
+        dst = pack_dataset(args.dataset, args.pack, cases=args.cases, labels=args.labels)
+        print(f"packed into {dst}")
+        return 0
+
+    ds = open_dataset(args.dataset)
+    objects = ds.select_labels(args.labels)
+    cases = ds.select_cases(args.cases)
+    if not cases:
+        raise RadSAMError(f"no cases selected in {ds.root}")
+    settings = _settings(args)
+    models = _model_specs(args.model)
+    protocol = Protocol(edits=args.edits, slice_edits=args.slice_edits, prompt_slice=args.prompt_slice,
+                        min_voxels=args.min_voxels, min_slices=args.min_slices,
+                        min_body_fraction=args.min_body_fraction)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    config = {"dataset": str(ds.root), "layout": ds.layout, "labels": {str(v): n for v, n in objects.items()},
+              "cases": [c.name for c in cases], "models": [list(m) for m in models],
+              "settings": [s.name for s in settings], "protocol": protocol.to_dict(), "seed": args.seed,
+              "command": getattr(args, "command_line", None) or _command_line()}
+    results = {"version": RESULTS_VERSION, "config": config, "cases": {}}
+    if path.exists() and not args.fresh:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise RadSAMError(f"{path} is not a readable results file ({e}); use --fresh to start over") from e
+        if old.get("version") != RESULTS_VERSION or not _same_config(old.get("config", {}), config):
+            raise RadSAMError(f"{path} was made with other settings; use --fresh to start over or another --out")
+        results["cases"] = old.get("cases", {})
+        if results["cases"]:
+            print(f"resuming: {len(results['cases'])} finished case run(s) in {path}", file=sys.stderr)
+
+    todo = [(c, m) for c in cases for m in models if f"{m[0]}|{c.name}" not in results["cases"]]
+    if todo:
+        _run_todo(todo, objects, settings, protocol, args, results, path)
+    recs = [r for c in results["cases"].values() for r in c["records"] if "skipped" not in r]
+    if not recs:
+        raise RadSAMError("no object passed the selection (labels absent, or smaller than --min-voxels/"
+                          "--min-slices): nothing to report")
+    from .report import markdown, write_report
+    paths = write_report(results, out, plots=not args.no_plots)
+    print(markdown(results).split("## Oracle")[0].rstrip())
+    print("\nwrote " + ", ".join(str(p) for p in [path] + paths))
+    return 0
+
+
+def _run_todo(todo, objects, settings, protocol, args, results, path):
+    from tqdm import tqdm
+
+    from ..models import load_model
+    from .protocol import run_case
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    loaded = {}
+    bar = tqdm(total=len(todo), desc="benchmark", unit="case", file=sys.stderr, dynamic_ncols=True)
+    current = None
+    for case, (label, name, ckpt) in todo:
+        if label not in loaded:
+            loaded[label] = load_model(name, checkpoint=ckpt, device=args.device)
+        if current is None or current[0] != case.name:
+            bar.set_postfix_str(f"{case.name}: reading")
+            current = (case.name, case.load(list(objects)))
+        image, lab, spacing = current[1]
+        timing = {}
+        t0 = time.time()
+        recs = run_case(loaded[label], image, lab, objects, settings, seed=args.seed, protocol=protocol,
+                        case=case.name, model_name=label, progress=lambda msg: bar.set_postfix_str(msg[-60:]),
+                        timing=timing)
+        results["cases"][f"{label}|{case.name}"] = {"model": label, "case": case.name,
+                                                    "spacing": [float(s) for s in spacing],
+                                                    "shape": list(image.shape), "timing": timing,
+                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                    "wall_s": round(time.time() - t0, 2), "records": recs}
+        _write_json(path, results)
+        bar.update(1)
+    bar.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="radsam benchmark")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return int(run(args) or 0)
+    except RadSAMError as e:
+        print(f"radsam: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
