@@ -152,7 +152,8 @@ def run(args) -> int:
         if results["cases"]:
             print(f"resuming: {len(results['cases'])} finished case run(s) in {path}", file=sys.stderr)
 
-    todo = [(c, m) for c in cases for m in models if f"{m[0]}|{c.name}" not in results["cases"]]
+    todo = [(c, m) for c in cases for m in models
+            if results["cases"].get(f"{m[0]}|{c.name}", {}).get("partial", True)]
     if todo:
         _run_todo(todo, objects, settings, protocol, args, results, path)
     recs = [r for c in results["cases"].values() for r in c["records"] if "skipped" not in r]
@@ -184,16 +185,27 @@ def _run_todo(todo, objects, settings, protocol, args, results, path):
             bar.set_postfix_str(f"{case.name}: reading")
             current = (case.name, case.load(list(objects)))
         image, lab, spacing = current[1]
+        key = f"{label}|{case.name}"
+        # A case interrupted mid-way keeps its finished objects (saved after each one).
+        entry = results["cases"].get(key) or {"model": label, "case": case.name, "partial": True,
+                                               "records": [], "timing": {}, "wall_s": 0.0}
+        entry.update(spacing=[float(s) for s in spacing], shape=list(image.shape))
+        results["cases"][key] = entry
+        done = {r["object"] for r in entry["records"]}
+
+        def save(recs, entry=entry):
+            entry["records"].extend(recs)
+            _write_json(path, results)
         timing = {}
         t0 = time.time()
-        recs = run_case(loaded[label], image, lab, objects, settings, seed=args.seed, protocol=protocol,
-                        case=case.name, model_name=label, progress=lambda msg: bar.set_postfix_str(msg[-60:]),
-                        timing=timing)
-        results["cases"][f"{label}|{case.name}"] = {"model": label, "case": case.name,
-                                                    "spacing": [float(s) for s in spacing],
-                                                    "shape": list(image.shape), "timing": timing,
-                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                    "wall_s": round(time.time() - t0, 2), "records": recs}
+        run_case(loaded[label], image, lab, objects, settings, seed=args.seed, protocol=protocol,
+                 case=case.name, model_name=label, progress=lambda msg: bar.set_postfix_str(msg[-60:]),
+                 timing=timing, skip=done, on_object=save)
+        old = entry["timing"]
+        for k, v in timing.items():
+            old[k] = round(old.get(k, 0) + v, 4) if isinstance(v, (int, float)) else v
+        entry.update(partial=False, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     wall_s=round(entry["wall_s"] + time.time() - t0, 2))
         _write_json(path, results)
         bar.update(1)
     bar.close()

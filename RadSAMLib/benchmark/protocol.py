@@ -280,7 +280,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
 # -- one case ---------------------------------------------------------------------------------
 def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, objects: dict, settings,
              seed: int = 0, protocol: Protocol | None = None, case: str = "case", model_name: str | None = None,
-             progress=None, timing: dict | None = None) -> list:
+             progress=None, timing: dict | None = None, skip=(), on_object=None) -> list:
     """Benchmark every object of one case under every setting.
 
     ``image_kji``: ``(k, j, i)`` HU; ``label_kji``: same-shape integer labels;
@@ -288,7 +288,9 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     ``level/prompt/strategy``. ``model_or_engine``: a model (a new ``SliceEngine`` on axis
     0 is built) or a ``SliceEngine`` over ``image_kji`` (its cached embeddings are reused).
     ``progress(message)`` is called before each step; ``timing``, if given, receives the
-    case's encode/decode seconds and counts.
+    case's encode/decode seconds and counts. ``skip``: object names already done (a
+    resumed case); ``on_object(records)`` is called with each object's records as soon as
+    they are finished (for saving progress).
 
     Returns one dict per (object, setting) that was run, plus one per skipped object
     (``skipped`` holds the reason).
@@ -313,6 +315,8 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     records, targets = [], []
     base = {"model": model_name, "case": case}
     for value, name in objects.items():
+        if name in skip:
+            continue
         gt, bounds = object_target(label_kji, int(value), body)
         vox = int(gt.sum())
         nsl = 0 if bounds is None else int(len(object_slices(gt[bounds[0]:bounds[1] + 1])))
@@ -327,6 +331,8 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
             reason = f"{nsl} slices < {protocol.min_slices}"
         if reason:
             records.append({**base, "object": name, "value": int(value), "skipped": reason})
+            if on_object:
+                on_object(records[-1:])
         else:
             targets.append((int(value), name, bounds, vox, nsl))
 
@@ -339,6 +345,7 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     with _Decoder(engine) as dec:
         for value, name, bounds, vox, nsl in targets:
             gt, _ = object_target(label_kji, value, body)
+            first = len(records)
             for s in settings:
                 if progress:
                     progress(f"{case}: {name} {s.name}")
@@ -351,6 +358,8 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
                                 "bounds": list(bounds), **res, "decode_calls": dec.calls - c0,
                                 "decode_s": round(dec.seconds - t0, 4),
                                 "seconds": round(time.perf_counter() - w0, 4)})
+            if on_object:
+                on_object(records[first:])
         hits = dec.hits
     if timing is not None:
         timing.update({"slices_encoded": engine.encode_count - enc0,

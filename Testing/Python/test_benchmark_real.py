@@ -84,14 +84,22 @@ def test_cli_end_to_end_with_resume(tiny_pack, tmp_path, model, monkeypatch):
 
     def interrupted(*a, **k):
         calls.append(k["case"])
-        if k["case"] == "b":
-            raise KeyboardInterrupt
+        if k["case"] == "b":                                # stop after b's first object is saved
+            save = k["on_object"]
+
+            def save_then_stop(recs):
+                save(recs)
+                raise KeyboardInterrupt
+            k["on_object"] = save_then_stop
         return real(*a, **k)
     monkeypatch.setattr(protocol, "run_case", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv)
     saved = json.loads((out / "results.json").read_text())
-    assert list(saved["cases"]) == ["litemedsam|a"]
+    assert list(saved["cases"]) == ["litemedsam|a", "litemedsam|b"]
+    assert not saved["cases"]["litemedsam|a"]["partial"] and saved["cases"]["litemedsam|b"]["partial"]
+    b_first = saved["cases"]["litemedsam|b"]["records"]
+    assert {r["object"] for r in b_first} == {"kidney_right"} and len(b_first) == 2
 
     calls.clear()
     monkeypatch.setattr(protocol, "run_case", lambda *a, **k: calls.append(k["case"]) or real(*a, **k))
@@ -99,6 +107,7 @@ def test_cli_end_to_end_with_resume(tiny_pack, tmp_path, model, monkeypatch):
     assert calls == ["b"]                                    # case a was not recomputed
     res = json.loads((out / "results.json").read_text())
     assert res["cases"]["litemedsam|a"] == saved["cases"]["litemedsam|a"]
+    assert res["cases"]["litemedsam|b"]["records"][:2] == b_first  # ... nor b's finished object
     recs = [r for c in res["cases"].values() for r in c["records"]]
     assert len(recs) == 2 * 2 * 2                            # 2 cases x 2 organs x 2 settings
     liver = [r for r in recs if r["object"] == "liver"]
