@@ -1,0 +1,431 @@
+"""``radsam bench-speed``: how fast each inference path is, on real CT, in one run.
+
+For each device present and each (encoder, decoder) path it measures, on one volume:
+
+* ``encode ms/slice``: the image encoder alone on real slices (min / median of repeats;
+  on a GPU, per slice of a batch);
+* ``decode ms/slice``: ``SliceEngine.predict`` on a cached slice with a propagation prompt
+  (prompt encoder + mask decoder + mapping the masks back to the slice);
+* ``prop sl/s``: a volume-level propagation over ``--slices`` slices from cold (nothing
+  encoded; the engine's background prefetch encodes in propagation order, so the decoder
+  follows the encoder front), and its ratio to the encoder time alone (``N x`` median
+  encode time; 1.0 = the decoder is fully hidden);
+* ``edit sl/s``: a correction point on the prompt slice re-propagating over the whole
+  range with cached embeddings;
+* peak memory (process RSS high-water mark reset per path; CUDA max allocated), cold
+  start (building the path, graph export included when not cached, + first slice);
+* the ratio of each to the eager PyTorch baseline (``torch`` / ``eager``) of the same run.
+
+The CPU is often shared: every time is the min (and median) of ``--repeats`` runs, and
+the load average is printed. ``--memory-slices N`` adds a peak-memory check of an
+``N``-slice 512x512 session (a real CT resampled to that size; embeddings past the first
+``--memory-real`` are copies of real ones, the same bytes an encoder would produce).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# The liver of the abdominal example spans 62 coronal slices (axis 1): a 60-slice run of
+# real CT slices (30 x 122 pixels each) on an object the base model follows reliably.
+DEFAULT_VOLUME = "totalseg_example/ct.nii.gz"
+DEFAULT_LABEL = 5
+DEFAULT_AXIS = 1
+
+
+# -- inputs ------------------------------------------------------------------------------
+def data_root() -> Path:
+    env = os.environ.get("RADSAM_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_volume(spec: str | None):
+    """``(ct (k,j,i) float32 HU, label (k,j,i) int array or None, name)``.
+
+    ``spec``: ``.npz`` with ``ct`` (and ``label``), a CT file (its label: a ``_ct`` file's
+    ``_oar`` sibling, or ``seg.nii.gz`` beside ``ct.nii.gz``), or a path relative to the
+    shared data folder (``openkbp/validation/pt_201``).
+    """
+    spec = spec or DEFAULT_VOLUME
+    p = Path(spec)
+    if p.suffix == ".npz":
+        z = np.load(p)
+        return z["ct"].astype(np.float32), (z["label"] if "label" in z else None), p.stem
+    if not p.exists():
+        base = data_root() / spec
+        p = Path(str(base) + "_ct.nii.gz") if not base.exists() else base
+    if not p.exists():
+        from .errors import ImageError
+        raise ImageError(f"benchmark volume not found: {spec} (give a CT path, an .npz, or set RADSAM_DATA)")
+    from .imageio import image_to_array, read_image
+    ct = image_to_array(read_image(p))
+    lab_path = Path(str(p).replace("_ct.nii.gz", "_oar.nii.gz"))
+    if p.name == "ct.nii.gz":
+        lab_path = p.with_name("seg.nii.gz")
+    label = None
+    if lab_path != p and lab_path.exists():
+        import SimpleITK as sitk
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(lab_path)))
+    return ct, label, p.name.split(".")[0]
+
+
+def pick_task(ct, label, label_value: int, n: int):
+    """Prompt slice, its box (x0, y0, x1, y1) and inclusive bounds of an ``n``-slice run
+    centred in the object's extent along axis 0 (the whole volume if no label)."""
+    from .prompts import box_of_mask
+    if label is not None and (label == label_value).any():
+        obj = label == label_value
+        ks = np.where(obj.any(axis=(1, 2)))[0]
+        lo, hi = int(ks.min()), int(ks.max())
+    else:  # no label: a body box (HU > -300) on every slice
+        obj = ct > -300
+        lo, hi = 0, ct.shape[0] - 1
+    if hi - lo + 1 > n:
+        lo = (lo + hi + 1 - n) // 2
+        hi = lo + n - 1
+    mid = (lo + hi) // 2
+    return mid, box_of_mask(obj[mid]), (lo, hi)
+
+
+def random_sam(kind: str, device):
+    """SAM ViT model with random weights (no checkpoint download: speed does not depend
+    on the weights' values)."""
+    from segment_anything import sam_model_registry
+
+    from .models.base import ModelInfo, SamFamilyModel
+    from .models.registry import _SAM_MEAN, _SAM_STD
+    torch.manual_seed(0)
+    sam = sam_model_registry[kind.replace("sam_", "")](checkpoint=None)
+    info = ModelInfo(kind, 1024, "random", "random", mask_prompt_trained=False, default_strategy="box")
+    return SamFamilyModel(sam.image_encoder, sam.prompt_encoder, sam.mask_decoder, info, _SAM_MEAN, _SAM_STD).eval().to(device)
+
+
+# -- measurement helpers ---------------------------------------------------------------------
+def reset_peak_rss() -> None:
+    try:  # Linux: "5" resets the VmHWM high-water mark of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeats: int, device) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def loadavg() -> str:
+    try:
+        return "%.1f %.1f %.1f" % os.getloadavg()
+    except OSError:
+        return "n/a"
+
+
+# -- one path ---------------------------------------------------------------------------------
+def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
+    from .accel import accelerate
+    from .engine import SliceEngine
+    from .prompts import SlicePrompt
+    from .session import Session
+
+    start, box, (lo, hi) = task
+    n = hi - lo + 1
+    row = {"device": device.type, "encoder": enc_name, "decoder": dec_name, "slices": n}
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+
+    # Cold start: build the paths (export included when the graph is not cached) + first slice.
+    t0 = time.perf_counter()
+    model = accelerate(base_model, enc_name, dec_name, threads=args.threads)
+    eng = SliceEngine(model, ct, axis=0)
+    eng.predict(start, SlicePrompt(box=box))
+    sync(device)
+    row["cold_start_s"] = load_s + time.perf_counter() - t0
+    row["export_s"] = getattr(model.encode, "export_seconds", 0.0) + getattr(model.decode, "export_seconds", 0.0)
+    row["encoder_backend"], row["decoder_backend"] = model.backends["encoder"], model.backends["decoder"]
+
+    # Encoder alone, on real slices of the run (not the prompt slice: it is cached now).
+    frame, win = eng.frame, eng.window
+    ks = [k for k in range(lo, hi + 1) if k != start]
+    if device.type == "cuda":
+        B = min(args.batch, len(ks))
+        batch = torch.stack([frame.image_to_model(win.apply(ct[ks[i % len(ks)]])) for i in range(B)])
+        batch = batch.to(device).contiguous()
+        model.encode(batch)  # warm-up at this batch size (cuDNN autotune, allocator)
+        per = [t / B for t in timed(lambda: model.encode(batch), args.repeats, device)]
+        row["encode_batch"] = B
+    else:
+        imgs = [frame.image_to_model(win.apply(ct[k]))[None] for k in ks[:args.repeats]]
+        it = iter(imgs * 2)
+        per = timed(lambda: model.encode(next(it)), args.repeats, device)
+    row["encode_ms_min"], row["encode_ms_med"] = 1e3 * min(per), 1e3 * statistics.median(per)
+
+    # Decoder (full predict) on the cached prompt slice with a propagation-style prompt.
+    sess = Session(model, ct, engine=eng)
+    strat = sess.strategy
+    first = eng.predict(start, SlicePrompt(box=box)).mask
+    prompt = strat.prompt_from_mask(first, frame.scale) if first.any() else SlicePrompt(box=box)
+    eng.predict(start, prompt)
+    dec = timed(lambda: eng.predict(start, prompt), max(5, 3 * args.repeats), device)
+    row["decode_ms_min"], row["decode_ms_med"] = 1e3 * min(dec), 1e3 * statistics.median(dec)
+
+    # Volume-level propagation from cold: a fresh engine (empty cache) on the same model.
+    props, edits = [], []
+    for r in range(args.prop_repeats):
+        eng = SliceEngine(model, ct, axis=0)
+        sess = Session(model, ct, engine=eng)
+        order = [start] + list(range(start + 1, hi + 1)) + list(range(start - 1, lo - 1, -1))
+        sync(device)
+        t0 = time.perf_counter()
+        if device.type == "cuda":  # batched half-precision encoding ahead of the propagation
+            eng.encode_slices(order, batch_size=args.batch)
+        ch = sess.segment(start, SlicePrompt(box=box), bounds=(lo, hi))
+        sync(device)
+        props.append(time.perf_counter() - t0)
+        row["propagated"] = len(ch.slices)
+        row["_masks"] = sess.mask[lo:hi + 1].astype(bool)
+        row["nonempty"] = int(sum(sess.slice_mask(k).any() for k in range(lo, hi + 1)))
+        # Edit: a positive point at the centre of the prompt slice's mask; it re-runs that
+        # slice and re-propagates to both bounds over the cached embeddings.
+        m = sess.slice_mask(start)
+        ys, xs = np.nonzero(m) if m.any() else (np.array([box[1], box[3]]), np.array([box[0], box[2]]))
+        pt = (float(np.median(xs)), float(np.median(ys)))
+        sync(device)
+        t0 = time.perf_counter()
+        ch = sess.edit(start, pt, positive=True)
+        sync(device)
+        edits.append(time.perf_counter() - t0)
+        row["edited"] = len(ch.slices)
+    row["prop_s_min"], row["prop_s_med"] = min(props), statistics.median(props)
+    row["prop_slices_per_s"] = n / min(props)
+    row["prop_over_encode"] = min(props) / (n * row["encode_ms_med"] / 1e3)
+    row["edit_s_min"], row["edit_s_med"] = min(edits), statistics.median(edits)
+    row["edit_slices_per_s"] = row["edited"] / min(edits)
+    row["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        row["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    del model, eng, sess
+    return row
+
+
+def memory_check(base_model, ct, task, args, device):
+    """Peak RSS of a ``--memory-slices`` session at 512x512 (auto paths)."""
+    from .accel import accelerate
+    from .engine import SliceEngine
+    from .prompts import SlicePrompt
+    from .session import Session
+    import torch.nn.functional as F
+
+    n = args.memory_slices
+    gc.collect()
+    reset_peak_rss()
+    base_rss = peak_rss_mb()
+    vol = torch.from_numpy(np.ascontiguousarray(ct))[None, None]
+    vol = F.interpolate(vol, size=(n, 512, 512), mode="trilinear", align_corners=False)[0, 0].numpy()
+    model = accelerate(base_model, "auto", "auto", threads=args.threads)
+    eng = SliceEngine(model, vol, axis=0)
+    sess = Session(model, vol, engine=eng)
+    start, box, _ = task
+    k0 = int(round((start + 0.5) * n / ct.shape[0] - 0.5))
+    real = list(range(max(0, k0 - args.memory_real // 2), min(n, k0 + (args.memory_real + 1) // 2)))
+    t0 = time.perf_counter()
+    eng.encode_slices(real, batch_size=args.batch if device.type == "cuda" else 1)
+    encode_s = time.perf_counter() - t0
+    src = [eng.embedding(k) for k in real]
+    filled = 0
+    with eng._cache_lock:
+        for k in range(n):
+            if k not in eng._cache:
+                eng._cache[k] = src[k % len(src)].clone()
+                filled += 1
+    sx, sy = 512 / ct.shape[2], 512 / ct.shape[1]
+    box = (box[0] * sx, box[1] * sy, min(511.0, box[2] * sx), min(511.0, box[3] * sy))
+    t0 = time.perf_counter()
+    sess.segment(k0, SlicePrompt(box=box), bounds=(0, n - 1))
+    sess.edit(k0, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+    return {"slices": n, "shape": list(vol.shape), "really_encoded": len(real), "copied_embeddings": filled,
+            "encode_s": encode_s, "propagate_and_edit_s": time.perf_counter() - t0,
+            "cache_mb": eng.cache_bytes() / 2**20, "volume_mb": vol.nbytes / 2**20,
+            "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss,
+            "undo_steps": len(sess._undo)}
+
+
+def _dice(a, b) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+# -- table -----------------------------------------------------------------------------------
+def format_table(rows) -> str:
+    base = {r["device"]: r for r in rows if r["encoder"] == "torch" and r["decoder"] == "eager"}
+    hdr = ("| device | encoder | decoder | encode ms/slice min (med) | decode ms/slice min (med) | "
+           "propagation sl/s (N) | prop / encode-alone | edit sl/s (s) | peak RSS MB | CUDA max MB | "
+           "cold start s (export s) | x eager: encode / decode / prop / edit | slice Dice vs eager min (mean) |")
+    lines = [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    for r in rows:
+        b = base.get(r["device"])
+        if b:
+            ratio = "%.2f / %.2f / %.2f / %.2f" % (b["encode_ms_med"] / r["encode_ms_med"], b["decode_ms_med"] / r["decode_ms_med"],
+                                                   r["prop_slices_per_s"] / b["prop_slices_per_s"],
+                                                   r["edit_slices_per_s"] / b["edit_slices_per_s"])
+        else:
+            ratio = "n/a"
+        enc = "%.1f (%.1f)" % (r["encode_ms_min"], r["encode_ms_med"])
+        if "encode_batch" in r:
+            enc += " b%d" % r["encode_batch"]
+        dice = "%.4f (%.4f)" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"]) if "dice_vs_eager_min" in r else "-"
+        lines.append("| %s | %s | %s | %s | %.1f (%.1f) | %.1f (%d) | %.2f | %.1f (%.2f) | %.0f | %s | %.2f (%.1f) | %s | %s |" % (
+            r["device"], r["encoder_backend"], r["decoder_backend"], enc, r["decode_ms_min"], r["decode_ms_med"],
+            r["prop_slices_per_s"], r["slices"], r["prop_over_encode"], r["edit_slices_per_s"], r["edit_s_min"],
+            r["peak_rss_mb"], "%.0f" % r["cuda_max_alloc_mb"] if "cuda_max_alloc_mb" in r else "-",
+            r["cold_start_s"], r["export_s"], ratio, dice))
+    return "\n".join(lines)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="litemedsam", help="litemedsam (default), radsam, sam_vit_b/l/h")
+    p.add_argument("--checkpoint", help="weights for sam_vit_* (or use --random-weights)")
+    p.add_argument("--random-weights", action="store_true", help="SAM ViT with random weights (speed only)")
+    p.add_argument("--devices", default="auto", help="comma list: cpu,cuda (auto: cpu, plus cuda if present)")
+    p.add_argument("--paths", default="auto",
+                   help="comma list of ENCODER:DECODER paths (auto: torch:eager baseline, then every faster one available)")
+    p.add_argument("--volume", help=f"CT (.nii.gz/.nrrd/.npz or shared-data relative; default {DEFAULT_VOLUME})")
+    p.add_argument("--label", type=int, default=DEFAULT_LABEL, help="label value of the propagated object")
+    p.add_argument("--axis", type=int, default=DEFAULT_AXIS, choices=(0, 1, 2),
+                   help=f"propagation axis of the (k, j, i) volume (default {DEFAULT_AXIS})")
+    p.add_argument("--slices", type=int, default=60, help="slices in the propagation / edit run")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each encode/decode timing (min and median)")
+    p.add_argument("--prop-repeats", type=int, default=1, help="repeats of the propagation + edit run")
+    p.add_argument("--batch", type=int, default=64, help="GPU encoder batch size")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
+    p.add_argument("--memory-slices", type=int, default=0, help="also measure peak RSS of an N-slice 512x512 session")
+    p.add_argument("--memory-real", type=int, default=8, help="slices really encoded in the memory check (the rest are copies)")
+    p.add_argument("--json", help="write all figures to this JSON file")
+
+
+def default_paths(model, device) -> list[tuple[str, str]]:
+    from .accel import available_decoders, available_encoders
+    enc, dec = available_encoders(model, device), available_decoders(model, device)
+    paths = [("torch", "eager")]
+    if device.type == "cpu":
+        for e in ("onnx", "openvino"):
+            if e in enc:
+                paths.append((e, "onnx" if "onnx" in dec else "torch"))
+    elif device.type == "cuda":
+        paths += [("torch-fp16", "torch"), ("torch-fp16", "cuda-graph")]
+    return paths
+
+
+def run(args) -> int:
+    from .models import load_model
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    ct, label, name = load_volume(args.volume)
+    axial = (ct, label)  # the memory check resamples the volume as read (axial slices)
+    if args.axis:  # the propagation axis first: slice k of the result is the engine's slice k on that axis
+        ct = np.ascontiguousarray(np.moveaxis(ct, args.axis, 0))
+        label = None if label is None else np.ascontiguousarray(np.moveaxis(label, args.axis, 0))
+        name += f" axis {args.axis}"
+    task = pick_task(ct, label, args.label, args.slices)
+    print(f"# radsam bench-speed: {args.model} on {name} {tuple(ct.shape)}, slices {task[2][0]}..{task[2][1]} "
+          f"(prompt {task[0]}), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cpus, load {loadavg()}", flush=True)
+    rows, mem = [], []
+    for dev_name in devices:
+        device = torch.device(dev_name)
+        t0 = time.perf_counter()
+        if args.random_weights:
+            model = random_sam(args.model, device)
+        else:
+            model = load_model(args.model, checkpoint=args.checkpoint, device=dev_name)
+        sync(device)
+        load_s = time.perf_counter() - t0
+        if device.type == "cuda":
+            print(f"# {torch.cuda.get_device_name(device)}, model load {load_s:.2f} s", flush=True)
+        ref_masks = None
+        paths = default_paths(model, device) if args.paths == "auto" else [tuple(p.split(":")) for p in args.paths.split(",")]
+        for enc, dec in paths:
+            t0 = time.perf_counter()
+            try:
+                r = bench_path(model, enc, dec, ct, task, args, device, load_s)
+            except Exception as e:  # noqa: BLE001 - one failing path must not hide the others
+                print(f"# {dev_name} {enc}:{dec} failed: {type(e).__name__}: {e}", flush=True)
+                continue
+            r["load"] = loadavg()
+            masks = r.pop("_masks")
+            if (enc, dec) == ("torch", "eager"):
+                ref_masks = masks
+            elif ref_masks is not None:  # agreement with eager fp32 after the whole propagation
+                d = [_dice(a, b) for a, b in zip(masks, ref_masks)]
+                r["dice_vs_eager_min"], r["dice_vs_eager_mean"] = float(min(d)), float(np.mean(d))
+            rows.append(r)
+            print(f"# {dev_name} {enc}:{dec} done in {time.perf_counter() - t0:.0f} s (load {r['load']}): "
+                  + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+        if args.memory_slices:
+            try:
+                m = memory_check(model, axial[0], pick_task(axial[0], axial[1], args.label, 10**6), args, device)
+                m["device"] = dev_name
+                mem.append(m)
+                print(f"# memory ({dev_name}): " + json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in m.items()}), flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"# memory check failed: {type(e).__name__}: {e}", flush=True)
+        del model
+    print(format_table(rows))
+    for m in mem:
+        print(f"peak RSS of a {m['slices']}-slice {m['shape'][1]}x{m['shape'][2]} session ({m['device']}, auto paths): "
+              f"{m['peak_rss_mb']:.0f} MB (embedding cache {m['cache_mb']:.0f} MB, volume {m['volume_mb']:.0f} MB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "memory": mem, "volume": name,
+                                               "model": args.model, "torch": torch.__version__}, indent=1))
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="radsam bench-speed", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
