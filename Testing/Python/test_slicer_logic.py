@@ -430,3 +430,39 @@ def test_core_errors_reach_the_caller(model, abdomen, abdomen_engine):
         assert not segment_voxels(seg, sid, vol).any() and not logic.busy
     finally:
         logic.shutdown()
+
+
+def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engine):
+    """The Mask button (the segment's own mask on a slice as the prompt) and a correction
+    click placed in world RAS on an oblique, transformed volume give RadSAMLib's result."""
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    mrml = Mrml()
+    vol = mrml.load_ct(oblique=True, transform=True)
+    bounds = (20, 24)
+    start = np.zeros_like(abdomen[2], dtype=np.uint8)
+    start[SPLEEN_SLICE] = abdomen[2][SPLEEN_SLICE] == SPLEEN       # drawn by hand on one slice
+    logic = make_logic(mrml, model, abdomen, abdomen_engine)
+    try:
+        seg = logic.create_segmentation(vol)
+        sid = fill_segment(mrml, seg, "spleen", start, vol)
+        t = logic.target_for(vol, seg, sid)
+        logic.wait(logic.start_segment_from_markups(t, bounds, mask_slice=SPLEEN_SLICE))
+        ref = Session(model, abdomen[1], engine=abdomen_engine)
+        ref.mask[:] = start                    # the logic starts from the segment's content
+        ref.segment(SPLEEN_SLICE, SlicePrompt(mask=start[SPLEEN_SLICE] > 0), bounds=bounds)
+        assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
+        # A positive click on slice 21, where the spleen is: placed at its world position.
+        ys, xs = np.nonzero(abdomen[2][21] == SPLEEN)
+        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+        click = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "click")
+        click.AddControlPoint(*ras_of(vol, [[21, y, x]])[0])
+        ras = mk.control_points_world(click)[0]
+        change = logic.wait(logic.start_edit_at(t, ras, positive=True))
+        ref_change = ref.edit(21, (x, y), positive=True)
+        assert change.slices == ref_change.slices and 21 in change.slices
+        assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
+        with pytest.raises(Exception, match="empty on slice 3"):
+            logic.start_segment_from_markups(t, bounds, mask_slice=3)
+    finally:
+        logic.shutdown()
