@@ -32,3 +32,18 @@ def export_delta(model, parts, path, record: dict) -> Path:
     save_file(tensors, str(path), metadata={"radsam": json.dumps(record)})
     path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return path
+
+
+def restamp(path, **extra) -> dict:
+    """Add keys to a delta's metadata record (e.g. the benchmark results measured after
+    training), rewriting the file with the same tensors; returns the new record."""
+    from safetensors.torch import save_file
+
+    from RadSAMLib.models.registry import read_delta
+
+    path = Path(path)
+    tensors, record = read_delta(path)
+    record.update(extra)
+    save_file(tensors, str(path), metadata={"radsam": json.dumps(record)})
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    return record

