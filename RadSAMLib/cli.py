@@ -76,7 +76,7 @@ def cmd_segment(args) -> int:
     from .engine import slice_index
     from .imageio import image_to_array, read_image, read_label, write_mask
     from .models import load_model
-    from .session import Session
+    from .session import Session, check_bounds
 
     out = Path(args.output)
     if out.exists() and not args.force:
@@ -107,6 +107,29 @@ def cmd_segment(args) -> int:
     if slices is None and "slice" not in spec:
         raise PromptError("give the prompt slice: --slice K (or \"slice\" in the prompts file)")
 
+    # Check every prompt against the image before the model is loaded: errors come fast.
+    shape = tuple(s for a, s in enumerate(volume.shape) if a != axis)
+    bounds = None
+    if slices is not None:
+        prompts = {}
+        for key, v in slices.items():
+            k = int(key)
+            if not 0 <= k < n:
+                raise PromptError(f"prompt slice {k} is outside the volume (0..{n - 1} along axis {axis})")
+            prompts[k] = _slice_prompt(v).validate(shape, f"slice {k}")
+    else:
+        k = int(spec["slice"])
+        if not 0 <= k < n:
+            raise PromptError(f"prompt slice {k} is outside the volume (0..{n - 1} along axis {axis})")
+        prompt = _slice_prompt(spec, mask_prompt).validate(shape, f"slice {k}")
+        bounds = check_bounds(spec.get("bounds"), n, k)
+    for e in spec.get("edits", []):
+        ek = int(e["slice"])
+        lo, hi = bounds or (0, n - 1)
+        if not lo <= ek <= hi:
+            raise PromptError(f"edit slice {ek} is outside {'the bounds' if bounds else 'the volume'} ({lo}..{hi})")
+        SlicePrompt(points=[tuple(e["point"])], labels=[1]).validate(shape, f"edit slice {ek}")
+
     t0 = time.perf_counter()
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     t_load = time.perf_counter() - t0
@@ -116,15 +139,9 @@ def cmd_segment(args) -> int:
     t1 = time.perf_counter()
     try:
         if slices is not None:
-            prompts = {int(k): _slice_prompt(v) for k, v in slices.items()}
             session.segment_slices(prompts)
         else:
-            k = int(spec["slice"])
-            if not 0 <= k < n:
-                raise PromptError(f"prompt slice {k} is outside the volume (0..{n - 1} along axis {axis})")
-            prompt = _slice_prompt(spec, mask_prompt)
-            bounds = spec.get("bounds")
-            session.segment(k, prompt, bounds=tuple(bounds) if bounds is not None else None)
+            session.segment(k, prompt, bounds=bounds)
         for e in spec.get("edits", []):
             bar.label = f"edit slice {e['slice']}"
             session.edit(int(e["slice"]), tuple(e["point"]), bool(e.get("positive", True)))

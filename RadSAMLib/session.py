@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine import SliceEngine, SliceResult, slice_index
-from .errors import BoundsError, Cancelled, PromptError
+from .errors import BoundsError, PromptError
 from .preprocess import Window
 from .propagation import Strategy
 from .prompts import SlicePrompt
@@ -58,6 +58,20 @@ class _Stop(Exception):
     pass
 
 
+def check_bounds(bounds, num_slices: int, start: int | None = None):
+    """Validate inclusive ``(bottom, top)`` slice bounds; ``None`` means unbounded."""
+    if bounds is None:
+        return None
+    lo, hi = (int(b) for b in bounds)
+    if lo > hi:
+        raise BoundsError(f"bounds are reversed: bottom slice {lo} is above top slice {hi}")
+    if lo < 0 or hi >= num_slices:
+        raise BoundsError(f"bounds {lo}..{hi} are outside the volume (slices 0..{num_slices - 1})")
+    if start is not None and not lo <= start <= hi:
+        raise BoundsError(f"prompt slice {start} is outside the bounds {lo}..{hi}")
+    return (lo, hi)
+
+
 class Session:
     """Segment one object in a ``(k, j, i)`` volume from a prompt on one slice.
 
@@ -74,6 +88,9 @@ class Session:
         self.mask = np.zeros(self.engine.volume.shape, dtype=np.uint8)
         self.scores = np.full(self.engine.num_slices, np.nan, dtype=np.float32)
         self.anchors: dict[int, SlicePrompt] = {}
+        # source[k]: the anchor slice whose propagation produced slice k (-1: none yet).
+        # An edit re-propagates only downstream of the corrected slice, away from its source.
+        self.source = np.full(self.engine.num_slices, -1, dtype=np.int64)
         self.bounds: tuple | None = None
         self.mode = "volume"      # "volume" (propagation) or "slice" (one prompt per slice)
         self.progress = progress
@@ -83,6 +100,8 @@ class Session:
         self._redo: list[_Step] = []
         self._txn: dict | None = None
         self._txn_new: dict | None = None
+        # re-propagation after an edit stops where new and old masks agree this well
+        self.converge_dice = 0.99
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -102,18 +121,7 @@ class Session:
         self._cancel.set()
 
     def check_bounds(self, bounds, start: int | None = None):
-        """Validate ``(bottom, top)`` slice bounds (inclusive); ``None`` means unbounded."""
-        if bounds is None:
-            return None
-        lo, hi = (int(b) for b in bounds)
-        n = self.num_slices
-        if lo > hi:
-            raise BoundsError(f"bounds are reversed: bottom slice {lo} is above top slice {hi}")
-        if lo < 0 or hi >= n:
-            raise BoundsError(f"bounds {lo}..{hi} are outside the volume (slices 0..{n - 1})")
-        if start is not None and not lo <= start <= hi:
-            raise BoundsError(f"prompt slice {start} is outside the bounds {lo}..{hi}")
-        return (lo, hi)
+        return check_bounds(bounds, self.num_slices, start)
 
     def segment(self, slice_idx: int, prompt: SlicePrompt, bounds=None) -> Change:
         """Volume-level prompting: ``prompt`` on ``slice_idx``, propagated to ``bounds``
@@ -132,6 +140,7 @@ class Session:
             self.mode = "volume"
             self._total = (hi - lo + 1)
             self._write(idx, self.engine.predict(idx, prompt))
+            self.source[idx] = idx
             self._propagate(idx, +1)
             self._propagate(idx, -1)
         return self._interaction(run)
@@ -156,10 +165,20 @@ class Session:
         def run():
             self.anchors[idx] = anchor
             self._total = 1 if self.mode == "slice" else self._span_to_anchors(idx)
-            self._write(idx, self.engine.predict(idx, self._edit_prompt(anchor, prev)))
+            src = int(self.source[idx])
+            self._write(idx, self._edit_slice(idx, anchor, prev))
+            self.source[idx] = idx
             if self.mode == "volume":
-                self._propagate(idx, +1)
-                self._propagate(idx, -1)
+                # Only slices derived through this one change: those on the far side from
+                # the anchor it was propagated from (both sides if it is an anchor itself).
+                for d in (+1, -1):
+                    n = idx + d
+                    if src not in (-1, idx):
+                        go = d * (idx - src) > 0
+                    else:
+                        go = 0 <= n < self.num_slices and self.source[n] in (-1, idx)
+                    if go:
+                        self._propagate(idx, d, converge=True)
         return self._interaction(run)
 
     def segment_slices(self, prompts: dict) -> Change:
@@ -180,6 +199,7 @@ class Session:
             for idx in order:
                 self._check_cancel()
                 self._write(idx, self.engine.predict(idx, prompts[idx]))
+                self.source[idx] = idx
         return self._interaction(run)
 
     def undo(self) -> Change:
@@ -209,7 +229,11 @@ class Session:
 
     # -- internals ---------------------------------------------------------------------
     def _state(self):
-        return ({k: v for k, v in self.anchors.items()}, self.bounds, self.mode)
+        return (dict(self.anchors), self.bounds, self.mode, self.source.copy())
+
+    @staticmethod
+    def _same_state(a, b) -> bool:
+        return a[:3] == b[:3] and np.array_equal(a[3], b[3])
 
     def _interaction(self, run) -> Change:
         self._cancel.clear()
@@ -228,7 +252,7 @@ class Session:
             if before:
                 self._undo.append(_Step(before, after, state_before, self._state()))
                 self._redo.clear()
-            elif self._state() != state_before and not cancelled:
+            elif not self._same_state(self._state(), state_before) and not cancelled:
                 self._undo.append(_Step({}, {}, state_before, self._state()))
                 self._redo.clear()
         return Change(sorted(before), cancelled=cancelled)
@@ -257,8 +281,9 @@ class Session:
         for idx, (bits, score) in packed.items():
             self.mask[slice_index(self.axis, idx)] = np.unpackbits(bits, count=n).reshape(shape)
             self.scores[idx] = score
-        anchors, self.bounds, self.mode = state
+        anchors, self.bounds, self.mode, source = state
         self.anchors = dict(anchors)
+        self.source = source.copy()
 
     def _range(self):
         return self.bounds if self.bounds is not None else (0, self.num_slices - 1)
@@ -270,15 +295,44 @@ class Session:
         down = max([a for a in others if a < idx], default=lo - 1)
         return min(up, hi + 1) - max(down, lo - 1) - 1
 
-    def _edit_prompt(self, anchor: SlicePrompt, prev: np.ndarray) -> SlicePrompt:
+    def _edit_slice(self, idx: int, anchor: SlicePrompt, prev: np.ndarray) -> SliceResult:
+        """Re-run a corrected slice. The model is asked twice, with the strategy's prompt
+        and with the current mask as mask prompt (both plus all clicks on the slice); of
+        the 8 masks, the one that agrees with every click and changes the current mask
+        least wins. A click is a local fact: the user expects that part fixed, not the
+        slice redrawn (the base model, given a negative click, may jump to another organ)."""
+        pts, labs = anchor.points, anchor.labels
         if anchor.box is not None:  # the user's own box stays the box of that slice
-            mask = prev if "mask" in self.strategy.kind and prev.any() else None
-            return SlicePrompt(box=anchor.box, points=anchor.points, labels=anchor.labels, mask=mask)
-        if not prev.any():
-            return SlicePrompt(points=anchor.points, labels=anchor.labels)
-        return self.strategy.prompt_from_mask(prev, self.engine.frame.scale, anchor.points, anchor.labels)
+            prompts = [SlicePrompt(box=anchor.box, points=pts, labels=labs)]
+        elif not prev.any():
+            prompts = [SlicePrompt(points=pts, labels=labs)]
+        else:
+            prompts = [self.strategy.prompt_from_mask(prev, self.engine.frame.scale, pts, labs)]
+        if prev.any():
+            prompts.append(SlicePrompt(box=anchor.box, points=pts, labels=labs, mask=prev))
+        results = [self.engine.predict(idx, p) for p in prompts]
+        xy = np.round(np.asarray(pts)).astype(int)
+        best, best_key = None, None
+        for r in results:
+            for n, m in enumerate(r.masks):
+                # Base LiteMedSAM was trained on boxes only and often ignores clicks; then
+                # no mask honours them, and the least change to the current mask wins.
+                # A mask that honours the clicks but redraws the slice (Dice < 0.5 with the
+                # current one) is a jump to another structure, not a correction.
+                near = _dice(m, prev) if prev.any() else 0.0
+                honours = all(bool(m[y, x]) == bool(lab) for (x, y), lab in zip(xy, labs))
+                key = (honours and (near >= 0.5 or not prev.any()), near, float(r.scores[n]))
+                if best_key is None or key > best_key:
+                    best, best_key = (r, n), key
+        r, n = best
+        order = [n] + [i for i in range(4) if i != n]
+        return SliceResult(masks=r.masks[order], scores=r.scores[order], logits=r.logits)
 
-    def _propagate(self, start: int, direction: int):
+    def _propagate(self, start: int, direction: int, converge: bool = False):
+        """Prompt each slice from its neighbour, from ``start`` outward to the bound or the
+        next anchor. With ``converge`` (re-propagation after an edit) it also stops once a
+        slice's new mask agrees with its old one: from there on the old result is what the
+        new one would be, so rewriting it would only cost time (and the user's trust)."""
         lo, hi = self._range()
         bounded = self.bounds is not None
         s = self.strategy
@@ -291,12 +345,26 @@ class Session:
                     return
                 # The object was lost: the rest of this run is empty, not stale.
                 self._write(k, None)
+                self.source[k] = start
                 k += direction
                 continue
             r = self.engine.predict(k, s.prompt_from_mask(prev, self.engine.frame.scale))
             if not bounded and (r.score < s.min_score or r.mask.sum() < s.min_pixels):
                 self._write(k, None)
                 return
+            old = self.slice_mask(k)
             self._write(k, r)
+            self.source[k] = start
+            if converge and _agree(r.mask, old, self.converge_dice):
+                return
             prev = r.mask
             k += direction
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
+
+
+def _agree(a: np.ndarray, b: np.ndarray, threshold: float) -> bool:
+    return _dice(a, b) >= threshold

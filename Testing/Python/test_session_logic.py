@@ -59,23 +59,45 @@ def test_unbounded_propagation_stops_where_the_object_ends(volume):
     assert s.mask[:10].any(axis=(1, 2)).all() and not s.mask[10:].any()
 
 
-def test_edit_reruns_slice_and_repropagates_to_the_next_anchor(volume):
+def test_edit_reruns_slice_and_repropagates_downstream_only(volume):
     s = Session(FakeModel(), volume, strategy="mask")
     box = (10, 5, 30, 20)
     s.segment(2, SlicePrompt(box=box), bounds=(0, 9))
     before = s.mask.copy()
     ch = s.edit(6, (20, 12), positive=False)      # punch a hole on slice 6
-    assert ch.slices == list(range(3, 10))          # 6 and outward, stopping at anchor slice 2
+    # slice 6 was propagated from anchor 2: only 6 and the slices beyond it change
+    assert ch.slices == [6, 7, 8, 9]
     assert not s.mask[6, 12, 20] and s.mask[6, 5, 10]
     assert not s.mask[9, 12, 20]                    # the hole propagated up to the bound
-    np.testing.assert_array_equal(s.mask[:3], before[:3])  # the anchor and beyond: untouched
+    np.testing.assert_array_equal(s.mask[:6], before[:6])
     # a second correction on the same slice reuses the first point
-    s.edit(6, (12, 7), positive=False)
+    ch = s.edit(6, (12, 7), positive=False)
+    assert ch.slices == [6, 7, 8, 9]
     assert not s.mask[6, 12, 20] and not s.mask[6, 7, 12]
     assert set(s.anchors) == {2, 6} and s.anchors[6].labels == [0, 0]
-    # an edit between two anchors re-propagates only up to them
-    ch = s.edit(4, (20, 12), positive=True)
-    assert ch.slices == [3, 4, 5]
+    # an edit between two anchors re-propagates away from its source, up to the next anchor
+    ch = s.edit(4, (20, 12), positive=False)
+    assert ch.slices == [4, 5]
+    # an edit below the prompt slice goes downward
+    ch = s.edit(1, (20, 12), positive=False)
+    assert ch.slices == [0, 1]
+
+
+def test_edit_on_the_prompt_slice_repropagates_both_ways(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(1, 8))
+    ch = s.edit(5, (20, 12), positive=False)
+    assert ch.slices == list(range(1, 9))
+    assert not s.mask[1:9, 12, 20].any()
+    assert s.anchors[5].box == (10, 5, 30, 20)      # the user's box is kept with the click
+
+
+def test_edit_stops_where_the_result_no_longer_changes(volume):
+    s = Session(FakeModel(), volume, strategy="mask")
+    s.segment(2, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    s.converge_dice = 0.9   # the hole changes each slice by < 10%: nothing downstream moves
+    ch = s.edit(6, (20, 12), positive=False)
+    assert ch.slices == [6, 7]
 
 
 def test_undo_redo_restore_exact_states(volume):
