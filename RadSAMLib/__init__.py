@@ -2,14 +2,11 @@
 
 Plain Python (torch, numpy, SimpleITK); no Slicer import, so the command line, the
 training code and the 3D Slicer module all share it. See ``docs/ARCHITECTURE.md``.
+Importing the package itself loads no torch (Slicer imports it before torch is installed):
+import the submodules you need, e.g. ``RadSAMLib.session``.
 """
 __version__ = "0.1.0"
 
 from .errors import BoundsError, Cancelled, CheckpointError, ImageError, PromptError, RadSAMError
-from .preprocess import SliceFrame, Window
-from .prompts import SlicePrompt, box_of_mask
 
-__all__ = [
-    "__version__", "RadSAMError", "PromptError", "BoundsError", "ImageError", "CheckpointError", "Cancelled",
-    "SliceFrame", "Window", "SlicePrompt", "box_of_mask",
-]
+__all__ = ["__version__", "RadSAMError", "PromptError", "BoundsError", "ImageError", "CheckpointError", "Cancelled"]
