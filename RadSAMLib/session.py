@@ -134,12 +134,18 @@ class Session:
         order = [idx] + list(range(idx + 1, hi + 1)) + list(range(idx - 1, lo - 1, -1))
         self.engine.prefetch(order)
 
+        first = prompt
+        if prompt.mask is not None and prompt.box is None:
+            # A mask the user gives is treated like a neighbour's result: the strategy
+            # turns it into the prompt this model handles best (a box for the base model).
+            first = self.strategy.prompt_from_mask(prompt.mask, self.engine.frame.scale, prompt.points, prompt.labels)
+
         def run():
             self.anchors = {idx: prompt}
             self.bounds = bounds
             self.mode = "volume"
             self._total = (hi - lo + 1)
-            self._write(idx, self.engine.predict(idx, prompt))
+            self._write(idx, self.engine.predict(idx, first))
             self.source[idx] = idx
             self._propagate(idx, +1)
             self._propagate(idx, -1)

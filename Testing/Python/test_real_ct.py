@@ -76,3 +76,11 @@ def test_slice_level_box_prompting(model, abdomen, abdomen_engine):
     s = Session(model, abdomen[1], engine=abdomen_engine)
     s.segment_slices({int(k): SlicePrompt(box=box_of_mask(gt[k], margin=1, shape=gt[k].shape)) for k in ks})
     assert dice(s.mask, gt) >= MIN_DICE
+
+
+def test_mask_prompt_from_a_previous_segmentation(model, abdomen, abdomen_engine):
+    """The Slicer "Mask" button / --mask-prompt: an existing mask on one slice is the prompt."""
+    gt, k, _, bounds = organ_prompt(abdomen[2], 5)
+    s = Session(model, abdomen[1], engine=abdomen_engine)
+    s.segment(k, SlicePrompt(mask=gt[k]), bounds=bounds)
+    assert dice(s.mask, gt) >= MIN_DICE
