@@ -223,6 +223,8 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
         props.append(time.perf_counter() - t0)
         row["propagated"] = len(ch.slices)
         row["_masks"] = sess.mask[lo:hi + 1].astype(bool)
+        if r == 0:  # the same box on every slice: encoder/decoder error without propagation's feedback
+            row["_same"] = np.stack([eng.predict(k, SlicePrompt(box=box)).mask for k in range(lo, hi + 1)])
         row["nonempty"] = int(sum(sess.slice_mask(k).any() for k in range(lo, hi + 1)))
         # Edit: a positive point at the centre of the prompt slice's mask; it re-runs that
         # slice and re-propagates to both bounds over the cached embeddings.
@@ -257,6 +259,9 @@ def memory_check(base_model, ct, task, args, device):
 
     n = args.memory_slices
     gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
     base_rss = peak_rss_mb()
     vol = torch.from_numpy(np.ascontiguousarray(ct))[None, None]
@@ -282,7 +287,8 @@ def memory_check(base_model, ct, task, args, device):
     t0 = time.perf_counter()
     sess.segment(k0, SlicePrompt(box=box), bounds=(0, n - 1))
     sess.edit(k0, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-    return {"slices": n, "shape": list(vol.shape), "really_encoded": len(real), "copied_embeddings": filled,
+    cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"slices": n, "shape": list(vol.shape), "cuda_max_alloc_mb": cuda_mb, "really_encoded": len(real), "copied_embeddings": filled,
             "encode_s": encode_s, "propagate_and_edit_s": time.perf_counter() - t0,
             "cache_mb": eng.cache_bytes() / 2**20, "volume_mb": vol.nbytes / 2**20,
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss,
@@ -294,12 +300,35 @@ def _dice(a, b) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
+def cold_start(args) -> int:
+    """Model load + building the auto paths + the first slice, in this (fresh) process."""
+    from .accel import accelerate
+    from .engine import SliceEngine
+    from .models import load_model
+    from .prompts import SlicePrompt
+    ct, label, name = load_volume(args.volume)
+    start, box, _ = pick_task(ct, label, args.label, args.slices)
+    dev = "cuda" if args.devices == "auto" and torch.cuda.is_available() else args.devices.split(",")[0].replace("auto", "cpu")
+    t0 = time.perf_counter()
+    model = random_sam(args.model, torch.device(dev)) if args.random_weights else load_model(args.model, args.checkpoint, device=dev)
+    sync(model.device)
+    t1 = time.perf_counter()
+    fast = accelerate(model, "auto", "auto", threads=args.threads)
+    t2 = time.perf_counter()
+    r = SliceEngine(fast, ct, axis=0).predict(start, SlicePrompt(box=box))
+    t3 = time.perf_counter()
+    print(f"cold start on {dev} ({fast.backends['encoder']} / {fast.backends['decoder']}): model load {t1 - t0:.2f} s, "
+          f"paths {t2 - t1:.2f} s (export {getattr(fast.encode, 'export_seconds', 0) + getattr(fast.decode, 'export_seconds', 0):.2f} s), "
+          f"first slice {t3 - t2:.2f} s, total {t3 - t0:.2f} s (mask {int(r.mask.sum())} px)")
+    return 0
+
+
 # -- table -----------------------------------------------------------------------------------
 def format_table(rows) -> str:
     base = {r["device"]: r for r in rows if r["encoder"] == "torch" and r["decoder"] == "eager"}
     hdr = ("| device | encoder | decoder | encode ms/slice min (med) | decode ms/slice min (med) | "
            "propagation sl/s (N) | prop / encode-alone | edit sl/s (s) | peak RSS MB | CUDA max MB | "
-           "cold start s (export s) | x eager: encode / decode / prop / edit | slice Dice vs eager min (mean) |")
+           "cold start s (export s) | x eager: encode / decode / prop / edit | propagated slice Dice vs eager min (mean) | same-box slice Dice min |")
     lines = [hdr, "|" + "---|" * (hdr.count("|") - 1)]
     for r in rows:
         b = base.get(r["device"])
@@ -312,7 +341,7 @@ def format_table(rows) -> str:
         enc = "%.1f (%.1f)" % (r["encode_ms_min"], r["encode_ms_med"])
         if "encode_batch" in r:
             enc += " b%d" % r["encode_batch"]
-        dice = "%.4f (%.4f)" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"]) if "dice_vs_eager_min" in r else "-"
+        dice = "%.4f (%.4f) | %.4f" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"], r["same_box_dice_min"]) if "dice_vs_eager_min" in r else "- | -"
         lines.append("| %s | %s | %s | %s | %.1f (%.1f) | %.1f (%d) | %.2f | %.1f (%.2f) | %.0f | %s | %.2f (%.1f) | %s | %s |" % (
             r["device"], r["encoder_backend"], r["decoder_backend"], enc, r["decode_ms_min"], r["decode_ms_med"],
             r["prop_slices_per_s"], r["slices"], r["prop_over_encode"], r["edit_slices_per_s"], r["edit_s_min"],
@@ -340,6 +369,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all usable cores)")
     p.add_argument("--memory-slices", type=int, default=0, help="also measure peak RSS of an N-slice 512x512 session")
     p.add_argument("--memory-real", type=int, default=8, help="slices really encoded in the memory check (the rest are copies)")
+    p.add_argument("--cold-only", action="store_true", help="only time model load + auto paths + first slice (run in a fresh process)")
     p.add_argument("--json", help="write all figures to this JSON file")
 
 
@@ -360,6 +390,8 @@ def run(args) -> int:
     from .models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cold_only:
+        return cold_start(args)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     ct, label, name = load_volume(args.volume)
     axial = (ct, label)  # the memory check resamples the volume as read (axial slices)
@@ -383,7 +415,7 @@ def run(args) -> int:
         load_s = time.perf_counter() - t0
         if device.type == "cuda":
             print(f"# {torch.cuda.get_device_name(device)}, model load {load_s:.2f} s", flush=True)
-        ref_masks = None
+        ref_masks = ref_same = None
         paths = default_paths(model, device) if args.paths == "auto" else [tuple(p.split(":")) for p in args.paths.split(",")]
         for enc, dec in paths:
             t0 = time.perf_counter()
@@ -393,12 +425,14 @@ def run(args) -> int:
                 print(f"# {dev_name} {enc}:{dec} failed: {type(e).__name__}: {e}", flush=True)
                 continue
             r["load"] = loadavg()
-            masks = r.pop("_masks")
+            masks, same = r.pop("_masks"), r.pop("_same")
             if (enc, dec) == ("torch", "eager"):
-                ref_masks = masks
+                ref_masks, ref_same = masks, same
             elif ref_masks is not None:  # agreement with eager fp32 after the whole propagation
                 d = [_dice(a, b) for a, b in zip(masks, ref_masks)]
                 r["dice_vs_eager_min"], r["dice_vs_eager_mean"] = float(min(d)), float(np.mean(d))
+                d = [_dice(a, b) for a, b in zip(same, ref_same) if a.sum() + b.sum() >= 20]
+                r["same_box_dice_min"] = float(min(d)) if d else float("nan")
             rows.append(r)
             print(f"# {dev_name} {enc}:{dec} done in {time.perf_counter() - t0:.0f} s (load {r['load']}): "
                   + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)

@@ -140,8 +140,9 @@ def test_accelerated_propagation_matches_eager(model, abdomen, abdomen_engine):
             assert dice(ref[k], got[k]) >= MIN_DICE, f"slice {k}"
 
 
-def test_graph_cache_is_keyed_atomic_and_rebuilt_when_corrupt(model):
+def test_graph_cache_is_keyed_atomic_and_rebuilt_when_corrupt(model, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("RADSAM_CACHE", str(tmp_path / "fresh"))  # empty: the first build exports
     from RadSAMLib.accel import cache_dir, make_decoder
     from RadSAMLib.accel.graphs import graph_key
     key = graph_key(model, "decoder")
