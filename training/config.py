@@ -46,6 +46,7 @@ class Config:
     save_every: int = 500
     val_strategies: list = field(default_factory=lambda: ["mask", "mask+box"])
     default_strategy: str = "mask+box"
+    export_from: str = "best"       # "best" validated weights (may be the base itself) or "last"
     device: str = "auto"
 
     @classmethod

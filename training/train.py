@@ -148,8 +148,9 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
     bar.close()
     logf.close()
 
-    # Export the best validated weights (the last ones when there is no validation).
-    if (out / "best.pt").is_file():
+    # Export the best validated weights (the step-0 base itself if training never beat it),
+    # or the last ones (``export_from: last``, or no validation).
+    if cfg.export_from == "best" and (out / "best.pt").is_file():
         model.load_state_dict(torch.load(out / "best.pt", map_location=dev, weights_only=True)["model"], strict=False)
     record = {"base_model": cfg.base_model, "default_strategy": cfg.default_strategy, "config": cfg.to_dict(),
               "data": {"shards": [s.name for s in shards], "val_shards": [s.name for s in val_shards],

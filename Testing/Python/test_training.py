@@ -1,0 +1,174 @@
+"""training/: prompt generation, the batched decode, the CPU smoke run, the shipped delta.
+
+The smoke run trains on 4 real abdominal slices (non-evaluation structures) for a few
+steps with embeddings reused from the session's ``abdomen_engine`` (no extra encoding),
+and checks that the loss on a fixed batch falls and that the exported delta loads through
+``load_model`` and predicts.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, dice
+
+SMOKE = ROOT / "training" / "configs" / "smoke.json"
+Z = (14, 18)   # smoke slices of the abdominal example
+
+
+def test_noisy_mask_is_a_bounded_perturbation():
+    from training.noise import NoiseSpec, noisy_mask
+    rng = np.random.default_rng(0)
+    gt = np.zeros((128, 128), bool)
+    gt[40:70, 50:90] = True
+    zero = NoiseSpec(0, 0, 0, 0)
+    assert (noisy_mask(gt, rng, zero) == gt).all()
+    d = [dice(noisy_mask(gt, rng), gt) for _ in range(50)]
+    assert min(d) > 0.4 and max(d) < 1.0 and 0.6 < np.mean(d) < 0.95
+    # a 3-pixel structure (a spinal cord at 4 mm) is never eroded away
+    cord = np.zeros((64, 64), bool)
+    cord[30:33, 30:33] = True
+    assert all(noisy_mask(cord, rng).any() for _ in range(50))
+
+
+def test_correction_point_lands_in_the_error():
+    from training.noise import correction_point
+    rng = np.random.default_rng(1)
+    gt = np.zeros((64, 64), bool)
+    gt[10:40, 10:40] = True
+    prev = gt.copy()
+    prev[10:40, 25:40] = False            # missed the right half
+    (x, y), lab = correction_point(prev, gt, rng)
+    assert lab == 1 and gt[int(y), int(x)] and not prev[int(y), int(x)]
+    prev = gt.copy()
+    prev[40:60, 10:40] = True             # leaked downward
+    (x, y), lab = correction_point(prev, gt, rng)
+    assert lab == 0 and prev[int(y), int(x)] and not gt[int(y), int(x)]
+
+
+def test_uint8_pack_roundtrips_through_the_inference_window():
+    from RadSAMLib.preprocess import Window
+    from training.pack import u8_to_hu, window_u8
+    hu = np.random.default_rng(0).uniform(-1000, 1000, (3, 8, 8)).astype(np.float32)
+    u8 = window_u8(hu)
+    assert np.allclose(Window().apply(u8_to_hu(u8)), u8 / 255.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def smoke_data(abdomen, abdomen_engine, tmp_path_factory):
+    """Tiny shards (train: non-evaluation structures; val: 2 evaluation organs) + an
+    EmbeddingStore filled from the session's abdominal embeddings."""
+    from training.data import EmbeddingStore, Shard
+    from training.pack import ABDOMEN_EVAL_LABELS, pack_volume
+    _, hu, lab, names = abdomen
+    out = tmp_path_factory.mktemp("smoke")
+    lo, hi = Z
+    train = {v: n for v, n in names.items() if v not in ABDOMEN_EVAL_LABELS}
+    pack_volume(hu[lo:hi], lab[lo:hi], train, out / "abdomen_train.npz", "smoke", pad=0)
+    pack_volume(hu[lo:hi], lab[lo:hi], {2: "kidney_right", 52: "aorta"}, out / "abdomen_eval.npz", "smoke", pad=0)
+    store = EmbeddingStore()
+    emb = torch.cat([abdomen_engine.embedding(z) for z in range(lo, hi)])
+    for name in ("abdomen_train", "abdomen_eval"):
+        assert len(Shard.load(out / f"{name}.npz").ct) == hi - lo
+        store.emb[name] = emb
+    return out, store
+
+
+def test_decode_batch_matches_single_decode(model, smoke_data):
+    from training.config import Config
+    from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
+    from training.objective import decode_batch
+    out, store = smoke_data
+    shards = load_shards([out / "abdomen_train.npz"])
+    cfg = Config(batch_size=2)
+    stream = BatchStream(shards, SampleIndex(shards), cfg, seed=0, mask_size=model.mask_input_size)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        b = stream.batch(rng)
+        emb = batch_embeddings(store, shards, b)
+        with torch.no_grad():
+            logits, iou = decode_batch(model, emb, b.get("box"), b.get("points"), b.get("labels"), b.get("mask"))
+            for n in range(2):
+                one = {k: b[k][n] for k in ("box", "points", "labels", "mask") if k in b}
+                ref_l, ref_s = model.decode(emb[n:n + 1], **one)
+                assert torch.allclose(logits[n], ref_l, atol=1e-3), b["kind"]
+                assert torch.allclose(iou[n], ref_s, atol=1e-4)
+
+
+def test_smoke_training_loss_falls_and_export_loads(model, smoke_data, tmp_path, abdomen):
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.models import load_model
+    from RadSAMLib.prompts import SlicePrompt, box_of_mask
+    from training.config import Config
+    from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
+    from training.objective import decode_batch, loss_fn
+    from training.train import run
+    out, store = smoke_data
+    cfg = Config.load(SMOKE, shards=[str(out / "abdomen_train.npz")], val_shards=[str(out / "abdomen_eval.npz")],
+                      out_dir=str(tmp_path / "run"), embed_cache="", steps=10, batch_size=2, lr=3e-4,
+                      max_val_objects=1, val_every=10, prompt_mix={"mask": 1.0})
+    shards = load_shards(cfg.shards)
+    fixed = BatchStream(shards, SampleIndex(shards), Config(batch_size=8, prompt_mix={"mask": 1.0}), seed=0,
+                        mask_size=model.mask_input_size).batch(np.random.default_rng(7))
+
+    def fixed_loss(m):
+        with torch.no_grad():
+            lg, iou = decode_batch(m, batch_embeddings(store, shards, fixed), mask=fixed["mask"])
+            return loss_fn(lg, iou, fixed["target"])[0].item()
+
+    before = fixed_loss(model)
+    res = run(cfg, log=lambda *a: None, store=store)
+    assert res["step"] == 10 and (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    path = Path(res["export"])
+    assert path.stat().st_size < 10e6
+    ft = load_model(str(path), device="cpu")
+    assert ft.info.name == "radsam" and ft.info.mask_prompt_trained
+    assert ft.info.extra["base_sha256"] == model.info.sha256
+    after = fixed_loss(ft)
+    assert after < 0.9 * before, (before, after)
+    # ... and it predicts through the inference engine: a mask prompt on a real slice.
+    _, hu, lab, _ = abdomen
+    eng = SliceEngine(ft, hu, axis=0)
+    z = 16
+    eng._cache[z] = store["abdomen_train"][z - Z[0]:z - Z[0] + 1]
+    gt = lab[z] == 2
+    r = eng.predict(z, SlicePrompt(box=box_of_mask(gt, margin=2), mask=gt))
+    assert r.masks.shape == (4,) + gt.shape and dice(r.mask, gt) > 0.7
+
+
+WEIGHTS = ROOT / "RadSAMLib" / "weights" / "radsam_litemedsam.safetensors"
+
+
+def test_bundled_delta_is_small_and_names_its_base():
+    if not WEIGHTS.is_file():
+        pytest.skip("no bundled RadSAM delta")
+    from RadSAMLib.models.registry import read_delta
+    tensors, record = read_delta(WEIGHTS)
+    assert WEIGHTS.stat().st_size <= 10 * 2**20
+    assert record["base_model"] == "litemedsam" and len(record["base_sha256"]) == 64
+    assert record["default_strategy"] in ("mask", "mask+box")
+    assert all(k.split(".")[0] in ("prompt_encoder", "mask_decoder") for k in tensors)
+    assert all(t.dtype == torch.float16 for t in tensors.values())
+    side = json.loads(WEIGHTS.with_suffix(".json").read_text())
+    assert side["base_sha256"] == record["base_sha256"]
+
+
+def test_bundled_delta_segments_a_real_organ(abdomen, abdomen_engine):
+    if not WEIGHTS.is_file():
+        pytest.skip("no bundled RadSAM delta")
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.models import load_model
+    from RadSAMLib.prompts import SlicePrompt, box_of_mask
+    ft = load_model("radsam", device="cpu")
+    _, hu, lab, _ = abdomen
+    eng = SliceEngine(ft, hu, axis=0)
+    eng._cache = abdomen_engine._cache   # the delta keeps the base encoder: same embeddings
+    gt = lab == 3                        # left kidney: the neighbour's mask prompts the next slice
+    zs = np.nonzero(gt.reshape(len(gt), -1).any(1))[0]
+    z = int(zs[len(zs) // 2])
+    r = eng.predict(z, SlicePrompt(box=box_of_mask(gt[z - 1], margin=2), mask=gt[z - 1]))
+    assert dice(r.mask, gt[z]) > 0.8
