@@ -80,10 +80,29 @@ def _auto_encoder(dev: torch.device, model=None) -> list[str]:
     return ["torch"]
 
 
+def _memo(model, key, build):
+    """Built paths live on the model object (a new SliceEngine per volume reuses its
+    model's sessions; they go away with the model, a plain reference cycle)."""
+    per_model = model.__dict__.setdefault("_radsam_paths", {})
+    if key not in per_model:
+        per_model[key] = build()
+    return per_model[key]
+
+
 def make_encoder(model, backend: str = "auto", device=None, threads: int | None = None):
     """A callable ``images (B, 3, S, S) float32 in [0, 1] -> embeddings (B, 256, 64, 64)``
     for ``SliceEngine(encode_fn=...)``. It has ``.backend`` (the path chosen) and
-    ``.export_seconds`` (graph export time paid now; 0 when the graph was cached)."""
+    ``.export_seconds`` (graph export time paid when it was built; 0 when cached).
+    Built once per model object and arguments, then reused."""
+    if backend == "auto" and (isinstance(model, AcceleratedModel) or not hasattr(model, "image_encoder")):
+        return model.encode  # already accelerated, or not a SAM-family model (a test stand-in)
+    if backend not in ENCODER_BACKENDS:
+        raise RadSAMError(f"unknown encoder backend '{backend}' (choose {', '.join(ENCODER_BACKENDS)})")
+    return _memo(model, ("encoder", backend, str(device), threads),
+                 lambda: _make_encoder(model, backend, device, threads))
+
+
+def _make_encoder(model, backend, device, threads):
     if backend not in ENCODER_BACKENDS:
         raise RadSAMError(f"unknown encoder backend '{backend}' (choose {', '.join(ENCODER_BACKENDS)})")
     dev = _device(model, device)
@@ -117,9 +136,17 @@ def _build_encoder(model, backend, dev, threads):
 def make_decoder(model, backend: str = "auto", threads: int | None = None):
     """A callable with ``SamFamilyModel.decode``'s signature and result (inference only).
 
-    ``eager`` returns ``model.decode`` itself (the reference)."""
+    ``eager`` returns ``model.decode`` itself (the reference). Built once per model object."""
+    if backend == "auto" and (isinstance(model, AcceleratedModel) or not hasattr(model, "mask_decoder")):
+        return model.decode
     if backend not in DECODER_BACKENDS:
         raise RadSAMError(f"unknown decoder backend '{backend}' (choose {', '.join(DECODER_BACKENDS)})")
+    if backend == "eager":
+        return model.decode
+    return _memo(model, ("decoder", backend, threads), lambda: _make_decoder(model, backend, threads))
+
+
+def _make_decoder(model, backend, threads):
     dev = model.device
     if backend == "auto":
         order = {"cuda": ["cuda-graph", "torch"], "cpu": ["onnx", "torch"]}.get(dev.type, ["torch"])
