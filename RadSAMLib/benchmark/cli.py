@@ -31,7 +31,7 @@ def _csv(s):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Simulated-user benchmark: volume-level (one prompt + true bounds, propagation) and "
                      "slice-level prompting with box/point prompts and correction clicks; 3D Dice per object, "
-                     "means with 95%% bootstrap intervals over cases, Markdown tables and PNG plots.")
+                     "means with 95% bootstrap intervals over cases, Markdown tables and PNG plots.")
     p.add_argument("dataset", help="dataset folder: npz pack, nnU-Net/AMOS, TotalSegmentator, or image/label "
                                    "pairs with a labels.json (see docs/benchmark/README.md)")
     p.add_argument("--labels", default=None, help="labels by name or value, comma-separated (default: all)")
@@ -106,6 +106,7 @@ def _write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
+    os.chmod(tmp, 0o644)   # mkstemp makes it private; results are meant to be shared
     os.replace(tmp, path)
 
 

@@ -196,6 +196,9 @@ def plot_edits(results: dict, path) -> Path | None:
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    multi = len(_order(r["model"] for r in recs)) > 1
+    names = _order((f"{r['model']} " if multi else "") + r["strategy"] for r in recs)
+    color = {n: f"C{i % 10}" for i, n in enumerate(names)}   # one colour per line in every panel
     for ax, (lv, p) in zip(axes[0], panels):
         prec = [r for r in recs if r["level"] == lv and r["prompt_kind"] == p]
         ns = edit_counts(prec)
@@ -208,15 +211,16 @@ def plot_edits(results: dict, path) -> Path | None:
                 mean = [stats[n][(m, s)][0] for n in xs]
                 lo = [stats[n][(m, s)][1] for n in xs]
                 hi = [stats[n][(m, s)][2] for n in xs]
-                label = (f"{m} " if len(_order(r['model'] for r in recs)) > 1 else "") + s.split("/")[2]
-                line, = ax.plot(xs, mean, marker="o", label=label)
-                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+                label = (f"{m} " if multi else "") + s.split("/")[2]
+                ax.plot(xs, mean, marker="o", label=label, color=color[label])
+                ax.fill_between(xs, lo, hi, color=color[label], alpha=0.15)
         ax.set_title(f"{lv}-level, {p} prompt")
         ax.set_xlabel("edits" + (" per slice" if lv == "slice" else ""))
         ax.set_xticks(ns)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean 3D Dice")
-    axes[0][0].legend(fontsize=8, loc="lower right")
+    for ax in axes[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -234,7 +238,7 @@ def plot_organs(results: dict, path) -> Path | None:
     prompts = [p for p in ("box", "point") if any(s.split("/")[1] == p for _, s in cols)]
     if not organs or not prompts:
         return None
-    fig, axes = plt.subplots(len(prompts), 1, figsize=(max(6, 0.9 * len(organs) + 2), 3.4 * len(prompts)),
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(max(7, 0.9 * len(organs) + 3.5), 3.4 * len(prompts)),
                              squeeze=False, sharex=True)
     x = np.arange(len(organs))
     for ax, p in zip(axes[:, 0], prompts):
@@ -253,7 +257,7 @@ def plot_organs(results: dict, path) -> Path | None:
         ax.set_ylabel("3D Dice")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, ncol=4, loc="lower left")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     axes[-1, 0].set_xticks(x)
     axes[-1, 0].set_xticklabels(organs, rotation=30, ha="right")
     fig.tight_layout()
