@@ -105,7 +105,7 @@ def _settings(args):
 def _write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
+        json.dump(data, f, separators=(",", ":"))   # compact: clicks make big files
     os.chmod(tmp, 0o644)   # mkstemp makes it private; results are meant to be shared
     os.replace(tmp, path)
 

@@ -240,7 +240,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
             sess.edit(k, (x, y), positive=pos)
         except RadSAMError as e:    # recorded, not fatal: a long run must not die on one click
             out["edit_errors"].append(f"{k} {x:g} {y:g} {int(pos)}: {e}")
-        out["clicks"].append([k, x, y, int(pos)])
+        out["clicks"].append([int(k), int(x), int(y), int(pos)])   # pixel indices
 
     if setting.level == "volume":
         k0 = choose_prompt_slice(slab_gt, protocol.prompt_slice, rng_prompt) + lo
