@@ -6,7 +6,7 @@ eager fp32 within mask Dice >= 0.99 per slice on real CT, see docs/benchmark/spe
 ======  ==============================================  =====================
 device  encoder                                         decoder
 ======  ==============================================  =====================
-cpu     ``openvino`` (if installed) > ``onnx`` > torch  ``onnx`` > ``torch``
+cpu     ``onnx`` > ``torch`` (``openvino`` by name)     ``onnx`` > ``torch``
 cuda    ``torch`` (fp32); ``torch-fp16`` for SAM ViT    ``cuda-graph``
 other   ``torch``                                       ``torch``
 ======  ==============================================  =====================
@@ -76,7 +76,10 @@ def _auto_encoder(dev: torch.device, model=None) -> list[str]:
         # Dice vs fp32): the 256-input models stay fp32 on a GPU.
         return ["torch-fp16"] if model is not None and model.input_size >= 1024 else ["torch"]
     if dev.type == "cpu":
-        return [b for b in ("openvino", "onnx") if have(b if b != "onnx" else "onnxruntime")] + ["torch"]
+        # ONNX Runtime first: OpenVINO fp32 used less CPU time per slice in isolation but was
+        # slower than ONNX Runtime in the shared-CPU benchmark (its threads also slowed the
+        # decoder running beside it), so it is offered by name only.
+        return (["onnx"] if have("onnxruntime") else []) + ["torch"]
     return ["torch"]
 
 

@@ -174,4 +174,4 @@ def test_auto_choice_and_errors(model):
         make_decoder(model, "nope")
     assert make_decoder(model, "eager") == model.decode
     if "onnx" in available_encoders(model):
-        assert make_encoder(model, "auto").backend in ("onnx", "openvino")
+        assert make_encoder(model, "auto").backend == "onnx"
