@@ -371,7 +371,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-weights", action="store_true", help="SAM ViT with random weights (speed only)")
     p.add_argument("--devices", default="auto", help="comma list: cpu,cuda (auto: cpu, plus cuda if present)")
     p.add_argument("--paths", default="auto",
-                   help="comma list of ENCODER:DECODER paths (auto: torch:eager baseline, then every faster one available)")
+                   help="comma list of ENCODER:DECODER paths (auto: torch:eager baseline, then every faster one available; none: no path rows)")
     p.add_argument("--volume", help=f"CT (.nii.gz/.nrrd/.npz or shared-data relative; default {DEFAULT_VOLUME})")
     p.add_argument("--label", type=int, default=DEFAULT_LABEL, help="label value of the propagated object")
     p.add_argument("--axis", type=int, default=DEFAULT_AXIS, choices=(0, 1, 2),
@@ -430,7 +430,12 @@ def run(args) -> int:
         if device.type == "cuda":
             print(f"# {torch.cuda.get_device_name(device)}, model load {load_s:.2f} s", flush=True)
         ref_masks = ref_same = None
-        paths = default_paths(model, device) if args.paths == "auto" else [tuple(p.split(":")) for p in args.paths.split(",")]
+        if args.paths == "none":  # e.g. only the memory check
+            paths = []
+        elif args.paths == "auto":
+            paths = default_paths(model, device)
+        else:
+            paths = [tuple(p.split(":")) for p in args.paths.split(",")]
         for enc, dec in paths:
             t0 = time.perf_counter()
             try:
