@@ -83,26 +83,26 @@ def _auto_encoder(dev: torch.device, model=None) -> list[str]:
     return ["torch"]
 
 
-def _memo(model, key, build):
+def _memo(model, key, build, reuse: bool = True):
     """Built paths live on the model object (a new SliceEngine per volume reuses its
     model's sessions; they go away with the model, a plain reference cycle)."""
     per_model = model.__dict__.setdefault("_radsam_paths", {})
-    if key not in per_model:
+    if key not in per_model or not reuse:
         per_model[key] = build()
     return per_model[key]
 
 
-def make_encoder(model, backend: str = "auto", device=None, threads: int | None = None):
+def make_encoder(model, backend: str = "auto", device=None, threads: int | None = None, reuse: bool = True):
     """A callable ``images (B, 3, S, S) float32 in [0, 1] -> embeddings (B, 256, 64, 64)``
     for ``SliceEngine(encode_fn=...)``. It has ``.backend`` (the path chosen) and
     ``.export_seconds`` (graph export time paid when it was built; 0 when cached).
-    Built once per model object and arguments, then reused."""
+    Built once per model object and arguments, then reused (``reuse=False``: build anew)."""
     if backend == "auto" and (isinstance(model, AcceleratedModel) or not hasattr(model, "image_encoder")):
         return model.encode  # already accelerated, or not a SAM-family model (a test stand-in)
     if backend not in ENCODER_BACKENDS:
         raise RadSAMError(f"unknown encoder backend '{backend}' (choose {', '.join(ENCODER_BACKENDS)})")
     return _memo(model, ("encoder", backend, str(device), threads),
-                 lambda: _make_encoder(model, backend, device, threads))
+                 lambda: _make_encoder(model, backend, device, threads), reuse)
 
 
 def _make_encoder(model, backend, device, threads):
@@ -136,17 +136,18 @@ def _build_encoder(model, backend, dev, threads):
     return OpenVinoEncoder(cpu, threads)
 
 
-def make_decoder(model, backend: str = "auto", threads: int | None = None):
+def make_decoder(model, backend: str = "auto", threads: int | None = None, reuse: bool = True):
     """A callable with ``SamFamilyModel.decode``'s signature and result (inference only).
 
-    ``eager`` returns ``model.decode`` itself (the reference). Built once per model object."""
+    ``eager`` returns ``model.decode`` itself (the reference). Built once per model object
+    (``reuse=False``: build anew)."""
     if backend == "auto" and (isinstance(model, AcceleratedModel) or not hasattr(model, "mask_decoder")):
         return model.decode
     if backend not in DECODER_BACKENDS:
         raise RadSAMError(f"unknown decoder backend '{backend}' (choose {', '.join(DECODER_BACKENDS)})")
     if backend == "eager":
         return model.decode
-    return _memo(model, ("decoder", backend, threads), lambda: _make_decoder(model, backend, threads))
+    return _memo(model, ("decoder", backend, threads), lambda: _make_decoder(model, backend, threads), reuse)
 
 
 def _make_decoder(model, backend, threads):

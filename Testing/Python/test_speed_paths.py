@@ -147,13 +147,14 @@ def test_graph_cache_is_keyed_atomic_and_rebuilt_when_corrupt(model, tmp_path, m
     from RadSAMLib.accel.graphs import graph_key
     key = graph_key(model, "decoder")
     assert model.info.name in key and "opset" in key and "ort" in key
-    first = make_decoder(model, "onnx")
+    first = make_decoder(model, "onnx", reuse=False)  # not the one earlier tests built
     path = cache_dir() / key
     assert path.is_file() and first.export_seconds > 0
-    again = make_decoder(model, "onnx")
+    again = make_decoder(model, "onnx", reuse=False)
     assert again.export_seconds == 0.0  # cached: no second export
     path.write_bytes(b"not an onnx graph")  # e.g. a disk-full truncation
-    rebuilt = make_decoder(model, "onnx")
+    rebuilt = make_decoder(model, "onnx", reuse=False)
+    assert make_decoder(model, "onnx") is rebuilt  # built paths are reused per model
     assert rebuilt.export_seconds > 0 and path.stat().st_size > 1000
     assert not list(cache_dir().glob("*.tmp"))  # atomic writes leave no temporaries
     emb = torch.zeros(1, 256, 64, 64)
