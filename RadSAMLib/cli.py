@@ -135,7 +135,8 @@ def cmd_segment(args) -> int:
     t_load = time.perf_counter() - t0
 
     bar = _ProgressBar(enabled=not args.quiet)
-    session = Session(model, volume, axis=axis, strategy=args.strategy, progress=bar.update)
+    session = Session(model, volume, axis=axis, strategy=args.strategy, progress=bar.update,
+                      encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
     t1 = time.perf_counter()
     try:
         if slices is not None:
@@ -155,7 +156,8 @@ def cmd_segment(args) -> int:
     print(f"wrote {out}  ({int(session.mask.sum())} voxels on {int(np.count_nonzero(session.mask.any(axis=tuple(a for a in range(3) if a != axis))))} slices)")
     print(f"model {model.info.name} on {model.device}, strategy {session.strategy.kind}"
           f"{':%g' % session.strategy.margin if 'box' in session.strategy.kind else ''}; "
-          f"load {t_load:.1f} s, segmentation {t_seg:.1f} s, encoder {per_slice:.2f} s/slice over {eng.encode_count} slices")
+          f"load {t_load:.1f} s, segmentation {t_seg:.1f} s, encoder ({getattr(eng.encode_fn, 'backend', 'torch')}) "
+          f"{per_slice:.2f} s/slice over {eng.encode_count} slices")
     if reference is not None:
         from .metrics import dice
         print(f"3D Dice vs {args.reference} label {args.label}: {dice(session.mask, reference == args.label):.4f}")
@@ -234,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="propagation axis of the (k, j, i) array (default 0 = k)")
     s.add_argument("--reference", help="reference label volume: prints the 3D Dice")
     s.add_argument("--label", type=int, help="label value of the object in --reference")
+    s.add_argument("--encoder-backend", default="auto",
+                   help="auto (fastest path equal to eager fp32: ONNX Runtime on CPU), torch, onnx, openvino, torch-fp16")
+    s.add_argument("--decoder-backend", default="auto", help="auto, onnx, torch, eager, cuda-graph")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model_args(s)

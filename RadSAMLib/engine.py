@@ -52,7 +52,8 @@ class SliceEngine:
     """
 
     def __init__(self, model, volume: np.ndarray, axis: int = 0, window: Window = Window(),
-                 cache_dtype=torch.float16, encode_fn=None):
+                 cache_dtype=torch.float16, encode_fn=None, decode_fn=None,
+                 encoder_backend: str = "auto", decoder_backend: str = "auto"):
         if volume.ndim != 3:
             from .errors import ImageError
             raise ImageError(f"volume is {volume.ndim}D; RadSAM segments 3D volumes")
@@ -68,7 +69,13 @@ class SliceEngine:
         # Embeddings are kept in half precision on the CPU side (4 MB -> 2 MB per slice),
         # enough for a 300-slice session in well under 1 GB; decode casts back to fp32.
         self.cache_dtype = cache_dtype
-        self.encode_fn = encode_fn or model.encode
+        # The fastest path that matches eager fp32 (RadSAMLib.accel; ONNX Runtime on CPU,
+        # CUDA graphs on GPU), built once per model; "torch"/"eager" force plain PyTorch.
+        from .accel import make_decoder, make_encoder
+        self.encode_fn = encode_fn or make_encoder(model, backend=encoder_backend)
+        self.decode_fn = decode_fn or make_decoder(model, backend=decoder_backend)
+        # On a GPU one slice per encoder call is launch-bound: prefetch in batches there.
+        self.prefetch_batch = 16 if model.device.type == "cuda" else 1
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_lock = threading.Lock()
         self._encode_lock = threading.Lock()
@@ -125,7 +132,7 @@ class SliceEngine:
         self.encode_count += len(indices)
         self.encode_seconds += time.perf_counter() - t0
 
-    def prefetch(self, indices, batch_size: int = 1) -> None:
+    def prefetch(self, indices, batch_size: int | None = None) -> None:
         """Encode ``indices`` in a background thread, in order (latency hiding).
 
         Callers still call :meth:`embedding`; it returns at once for slices already done
@@ -134,7 +141,7 @@ class SliceEngine:
         self.stop_prefetch()
         self._prefetch_stop = stop = threading.Event()
         order = [i for i in indices if 0 <= i < self.num_slices]
-        t = threading.Thread(target=self.encode_slices, args=(order, batch_size, stop.is_set),
+        t = threading.Thread(target=self.encode_slices, args=(order, batch_size or self.prefetch_batch, stop.is_set),
                              name="radsam-prefetch", daemon=True)
         self._prefetch_thread = t
         t.start()
@@ -161,7 +168,7 @@ class SliceEngine:
         mask = None
         if prompt.mask is not None and prompt.mask.any():
             mask = f.mask_to_model(prompt.mask, size=self.model.mask_input_size)
-        logits, scores = self.model.decode(self.embedding(idx), box=box, points=pts, labels=labs, mask=mask)
+        logits, scores = self.decode_fn(self.embedding(idx), box=box, points=pts, labels=labs, mask=mask)
         on_slice = f.logits_to_slice(logits).cpu()
         return SliceResult(masks=(on_slice > 0).numpy(), scores=scores.float().cpu().numpy(),
                            logits=on_slice[0].numpy())

@@ -77,12 +77,14 @@ class Session:
 
     ``progress(done, total)`` is called after each slice; ``on_slice(idx, result)`` with
     each slice's :class:`SliceResult` (``None`` when a slice was cleared). Both run on the
-    thread that called the interaction.
+    thread that called the interaction. ``engine_options`` go to :class:`SliceEngine`
+    (e.g. ``encoder_backend="torch"`` to force eager PyTorch).
     """
 
     def __init__(self, model, volume: np.ndarray, axis: int = 0, window: Window = Window(),
-                 strategy=None, progress=None, on_slice=None, engine: SliceEngine | None = None):
-        self.engine = engine or SliceEngine(model, volume, axis=axis, window=window)
+                 strategy=None, progress=None, on_slice=None, engine: SliceEngine | None = None,
+                 **engine_options):
+        self.engine = engine or SliceEngine(model, volume, axis=axis, window=window, **engine_options)
         self.model = self.engine.model
         self.strategy = Strategy.parse(strategy, self.model.info.default_strategy)
         self.mask = np.zeros(self.engine.volume.shape, dtype=np.uint8)
