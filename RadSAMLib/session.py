@@ -334,7 +334,11 @@ class Session:
                     best, best_key = (r, n), key
         r, n = best
         order = [n] + [i for i in range(4) if i != n]
-        return SliceResult(masks=r.masks[order], scores=r.scores[order], logits=r.logits)
+        masks = r.masks[order]
+        if prev.any() and not self.model.info.mask_prompt_trained:
+            masks = masks.copy()
+            masks[0] = _local_edit(prev, masks[0], xy)
+        return SliceResult(masks=masks, scores=r.scores[order], logits=r.logits)
 
     def _propagate(self, start: int, direction: int, converge: bool = False):
         """Prompt each slice from its neighbour, from ``start`` outward to the bound or the
@@ -372,6 +376,19 @@ class Session:
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
+
+
+def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+    """Keep ``new`` only near the clicks and ``prev`` elsewhere. A model never trained with
+    clicks (the base LiteMedSAM saw boxes only) answers a click by redrawing the whole
+    slice, often worse; a click is a local correction, so only its neighbourhood (radius:
+    half the object's equivalent diameter, at least 3 pixels) may change."""
+    radius = max(3.0, 0.5 * np.sqrt(4.0 * prev.sum() / np.pi))
+    rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
+    near = np.zeros(prev.shape, bool)
+    for x, y in clicks:
+        near |= (cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2
+    return np.where(near, new, prev)
 
 
 def _agree(a: np.ndarray, b: np.ndarray, threshold: float) -> bool:

@@ -199,3 +199,28 @@ def test_prefetch_encodes_each_slice_once(volume):
         eng.embedding(k)
     eng.stop_prefetch()
     assert m.encode_calls == K and eng.encode_count == K
+
+
+def test_click_on_a_model_not_trained_for_clicks_changes_only_its_neighbourhood(volume):
+    class Redrawing(FakeModel):
+        """Answers any prompt with clicks by shifting its whole answer 2 pixels: a
+        whole-slice redraw, as the base model (trained on boxes only) tends to do."""
+        def decode(self, embedding, box=None, points=None, labels=None, mask=None):
+            logits, scores = super().decode(embedding, box, points, labels, mask)
+            if points is not None and len(points):
+                logits = torch.roll(logits, shifts=(8, 8), dims=(1, 2))
+            return logits, scores
+
+    import torch
+    m = Redrawing(strategy="box:5")
+    m.info.mask_prompt_trained = False
+    s = Session(m, volume)
+    s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(5, 5))
+    prev = s.slice_mask(5)
+    s.edit(5, (30, 20), positive=False)
+    new = s.slice_mask(5)
+    radius = 0.5 * np.sqrt(4 * prev.sum() / np.pi)
+    rows, cols = np.ogrid[:J, :I]
+    far = (cols - 30) ** 2 + (rows - 20) ** 2 > radius ** 2
+    np.testing.assert_array_equal(new[far], prev[far])
+    assert (new != prev).any()
