@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from ..preprocess import mask_prompt_logits
-
 
 class FastDecoder:
     def __init__(self, model, core):
@@ -24,21 +22,7 @@ class FastDecoder:
     def prompt_embeddings(self, box=None, points=None, labels=None, mask=None):
         """Prompts (model frame) -> ``sparse (1, N, 256)``, ``dense (1, 256, 64, 64)``;
         the same conversion as ``SamFamilyModel.decode``."""
-        m = self.model
-        dev = m.device
-        pts = None
-        if points is not None and len(points):
-            coords = torch.as_tensor(points, dtype=torch.float32, device=dev).reshape(1, -1, 2)
-            labs = torch.as_tensor(labels, dtype=torch.float32, device=dev).reshape(1, -1)
-            pts = (coords, labs)
-        boxes = None if box is None else torch.as_tensor(box, dtype=torch.float32, device=dev).reshape(1, 4)
-        masks = None
-        if mask is not None:
-            M = m.mask_input_size
-            masks = mask_prompt_logits(torch.as_tensor(mask, dtype=torch.float32, device=dev)).reshape(1, 1, M, M)
-        if pts is None and boxes is None and masks is None:
-            raise ValueError("decode needs at least one prompt")
-        return m.prompt_encoder(points=pts, boxes=boxes, masks=masks)
+        return self.model.prompt_embeddings(box, points, labels, mask)
 
     def __call__(self, embedding, box=None, points=None, labels=None, mask=None):
         sparse, dense = self.prompt_embeddings(box, points, labels, mask)

@@ -70,15 +70,10 @@ class SamFamilyModel(nn.Module):
         images = images.to(self.device, torch.float32)
         return self.image_encoder(self.normalize(images))
 
-    def decode(self, embedding: torch.Tensor, box=None, points=None, labels=None, mask=None):
-        """Decode one embedding with any mix of prompts (model-frame coordinates).
-
-        ``box``: ``(4,)`` x0 y0 x1 y1; ``points``: ``(N, 2)`` x y; ``labels``: ``(N,)`` 1/0;
-        ``mask``: ``(M, M)`` [0, 1] mask in the model frame at ``mask_input_size``.
-        Gradients flow (training uses this); wrap in ``torch.no_grad()`` for inference.
-        """
+    def prompt_embeddings(self, box=None, points=None, labels=None, mask=None):
+        """Prompts in model-frame coordinates -> the prompt encoder's ``sparse (1, N, 256)``
+        and ``dense (1, 256, E, E)`` embeddings (the one place prompts become tensors)."""
         dev = self.device
-        emb = embedding.to(dev, torch.float32)
         pts = None
         if points is not None and len(points):
             coords = torch.as_tensor(points, dtype=torch.float32, device=dev).reshape(1, -1, 2)
@@ -91,7 +86,17 @@ class SamFamilyModel(nn.Module):
                 1, 1, self.mask_input_size, self.mask_input_size)
         if pts is None and boxes is None and masks is None:
             raise ValueError("decode needs at least one prompt")
-        sparse, dense = self.prompt_encoder(points=pts, boxes=boxes, masks=masks)
+        return self.prompt_encoder(points=pts, boxes=boxes, masks=masks)
+
+    def decode(self, embedding: torch.Tensor, box=None, points=None, labels=None, mask=None):
+        """Decode one embedding with any mix of prompts (model-frame coordinates).
+
+        ``box``: ``(4,)`` x0 y0 x1 y1; ``points``: ``(N, 2)`` x y; ``labels``: ``(N,)`` 1/0;
+        ``mask``: ``(M, M)`` [0, 1] mask in the model frame at ``mask_input_size``.
+        Gradients flow (training uses this); wrap in ``torch.no_grad()`` for inference.
+        """
+        emb = embedding.to(self.device, torch.float32)
+        sparse, dense = self.prompt_embeddings(box, points, labels, mask)
         logits, scores = self.mask_decoder.predict_masks(
             image_embeddings=emb,
             image_pe=self.prompt_encoder.get_dense_pe(),
