@@ -7,6 +7,6 @@ import the submodules you need, e.g. ``RadSAMLib.session``.
 """
 __version__ = "0.1.0"
 
-from .errors import BoundsError, Cancelled, CheckpointError, ImageError, PromptError, RadSAMError
+from .errors import BoundsError, CheckpointError, ImageError, PromptError, RadSAMError
 
-__all__ = ["__version__", "RadSAMError", "PromptError", "BoundsError", "ImageError", "CheckpointError", "Cancelled"]
+__all__ = ["__version__", "RadSAMError", "PromptError", "BoundsError", "ImageError", "CheckpointError"]

@@ -25,7 +25,3 @@ class ImageError(RadSAMError):
 
 class CheckpointError(RadSAMError):
     """A model checkpoint that is missing, corrupt, or does not match its model."""
-
-
-class Cancelled(RadSAMError):
-    """The user cancelled a long operation; work done so far is kept consistent."""

@@ -122,15 +122,12 @@ class Session:
         """Ask the running interaction to stop before its next slice (any thread)."""
         self._cancel.set()
 
-    def check_bounds(self, bounds, start: int | None = None):
-        return check_bounds(bounds, self.num_slices, start)
-
     def segment(self, slice_idx: int, prompt: SlicePrompt, bounds=None) -> Change:
         """Volume-level prompting: ``prompt`` on ``slice_idx``, propagated to ``bounds``
         (inclusive ``(bottom, top)`` slice indices), or until the object ends if ``None``.
         Slices outside the propagated range are not touched."""
         idx = self.engine.check_index(slice_idx, "prompt slice")
-        bounds = self.check_bounds(bounds, idx)
+        bounds = check_bounds(bounds, self.num_slices, idx)
         prompt.validate(self.engine.slice_shape, f"slice {idx}")
         lo, hi = bounds if bounds else (0, self.num_slices - 1)
         order = [idx] + list(range(idx + 1, hi + 1)) + list(range(idx - 1, lo - 1, -1))
@@ -171,22 +168,15 @@ class Session:
             raise PromptError(f"slice {idx} has no mask to correct: start with a positive point")
 
         def run():
+            # Only slices derived through this one change: those on the far side from the
+            # anchor it was propagated from (both sides if it is an anchor itself).
+            dirs = self._downstream(idx) if self.mode == "volume" else []
             self.anchors[idx] = anchor
-            self._total = 1 if self.mode == "slice" else self._span_to_anchors(idx)
-            src = int(self.source[idx])
+            self._total = 1 + sum(self._run_length(idx, d) for d in dirs)
             self._write(idx, self._edit_slice(idx, anchor, prev))
             self.source[idx] = idx
-            if self.mode == "volume":
-                # Only slices derived through this one change: those on the far side from
-                # the anchor it was propagated from (both sides if it is an anchor itself).
-                for d in (+1, -1):
-                    n = idx + d
-                    if src not in (-1, idx):
-                        go = d * (idx - src) > 0
-                    else:
-                        go = 0 <= n < self.num_slices and self.source[n] in (-1, idx)
-                    if go:
-                        self._propagate(idx, d, converge=True)
+            for d in dirs:
+                self._propagate(idx, d, converge=True)
         return self._interaction(run)
 
     def segment_slices(self, prompts: dict) -> Change:
@@ -296,12 +286,21 @@ class Session:
     def _range(self):
         return self.bounds if self.bounds is not None else (0, self.num_slices - 1)
 
-    def _span_to_anchors(self, idx):
+    def _downstream(self, idx: int) -> list:
+        """Directions (+1/-1) of the slices whose masks were propagated through ``idx``."""
+        src = int(self.source[idx])
+        if src not in (-1, idx):
+            return [1 if idx > src else -1]
+        return [d for d in (+1, -1)
+                if 0 <= idx + d < self.num_slices and self.source[idx + d] in (-1, idx)]
+
+    def _run_length(self, idx: int, d: int) -> int:
+        """Slices from ``idx + d`` to the bound or the next anchor (exclusive) in direction ``d``."""
         lo, hi = self._range()
-        others = [a for a in self.anchors if a != idx]
-        up = min([a for a in others if a > idx], default=hi + 1)
-        down = max([a for a in others if a < idx], default=lo - 1)
-        return min(up, hi + 1) - max(down, lo - 1) - 1
+        k = idx + d
+        while lo <= k <= hi and k not in self.anchors:
+            k += d
+        return abs(k - idx) - 1
 
     def _edit_slice(self, idx: int, anchor: SlicePrompt, prev: np.ndarray) -> SliceResult:
         """Re-run a corrected slice. The model is asked twice, with the strategy's prompt

@@ -224,3 +224,13 @@ def test_click_on_a_model_not_trained_for_clicks_changes_only_its_neighbourhood(
     far = (cols - 30) ** 2 + (rows - 20) ** 2 > radius ** 2
     np.testing.assert_array_equal(new[far], prev[far])
     assert (new != prev).any()
+
+
+def test_edit_progress_counts_the_slices_it_will_rewrite(volume):
+    calls = []
+    s = Session(FakeModel(), volume, strategy="mask", progress=lambda done, total: calls.append((done, total)))
+    s.segment(2, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    calls.clear()
+    ch = s.edit(6, (20, 12), positive=False)
+    assert calls[-1] == (len(ch.slices), len(ch.slices)) == (4, 4)
+    assert all(total == 4 for _, total in calls)
