@@ -73,7 +73,7 @@ def _slice_prompt(d: dict, mask=None) -> SlicePrompt:
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_segment(args) -> int:
-    from .engine import slice_index
+    from .engine import check_slice_index, slice_index
     from .imageio import image_to_array, read_image, read_label, write_mask
     from .models import load_model
     from .session import Session, check_bounds
@@ -113,14 +113,10 @@ def cmd_segment(args) -> int:
     if slices is not None:
         prompts = {}
         for key, v in slices.items():
-            k = int(key)
-            if not 0 <= k < n:
-                raise PromptError(f"prompt slice {k} is outside the volume (0..{n - 1} along axis {axis})")
+            k = check_slice_index(key, n, axis, "prompt slice")
             prompts[k] = _slice_prompt(v).validate(shape, f"slice {k}")
     else:
-        k = int(spec["slice"])
-        if not 0 <= k < n:
-            raise PromptError(f"prompt slice {k} is outside the volume (0..{n - 1} along axis {axis})")
+        k = check_slice_index(spec["slice"], n, axis, "prompt slice")
         prompt = _slice_prompt(spec, mask_prompt).validate(shape, f"slice {k}")
         bounds = check_bounds(spec.get("bounds"), n, k)
     for e in spec.get("edits", []):

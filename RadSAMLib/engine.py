@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import BoundsError
+from .errors import BoundsError, ImageError
 from .preprocess import SliceFrame, Window
 from .prompts import SlicePrompt
 
@@ -37,6 +37,13 @@ class SliceResult:
         return float(self.scores[0])
 
 
+def check_slice_index(idx, num_slices: int, axis: int, what: str = "slice") -> int:
+    """``idx`` as an int if it is a slice of the volume along ``axis``, else a BoundsError."""
+    if not 0 <= int(idx) < num_slices:
+        raise BoundsError(f"{what} {idx} is outside the volume (0..{num_slices - 1} along axis {axis})")
+    return int(idx)
+
+
 def slice_index(axis: int, idx: int) -> tuple:
     """Numpy index of slice ``idx`` across ``axis`` of a ``(k, j, i)`` array."""
     key = [slice(None)] * 3
@@ -55,7 +62,6 @@ class SliceEngine:
                  cache_dtype=torch.float16, encode_fn=None, decode_fn=None,
                  encoder_backend: str = "auto", decoder_backend: str = "auto"):
         if volume.ndim != 3:
-            from .errors import ImageError
             raise ImageError(f"volume is {volume.ndim}D; RadSAM segments 3D volumes")
         if axis not in (0, 1, 2):
             raise BoundsError(f"propagation axis must be 0, 1 or 2, got {axis}")
@@ -86,9 +92,7 @@ class SliceEngine:
 
     # -- slices ------------------------------------------------------------------------
     def check_index(self, idx: int, what: str = "slice") -> int:
-        if not 0 <= int(idx) < self.num_slices:
-            raise BoundsError(f"{what} {idx} is outside the volume (0..{self.num_slices - 1} along axis {self.axis})")
-        return int(idx)
+        return check_slice_index(idx, self.num_slices, self.axis, what)
 
     def slice(self, idx: int) -> np.ndarray:
         return self.volume[slice_index(self.axis, idx)]

@@ -21,6 +21,7 @@ import numpy as np
 
 from .engine import SliceEngine, SliceResult, slice_index
 from .errors import BoundsError, PromptError
+from .metrics import dice
 from .preprocess import Window
 from .propagation import Strategy
 from .prompts import SlicePrompt
@@ -144,16 +145,15 @@ class Session:
             self.bounds = bounds
             self.mode = "volume"
             self._total = (hi - lo + 1)
-            self._write(idx, self.engine.predict(idx, first))
-            self.source[idx] = idx
+            self._write(idx, self.engine.predict(idx, first), source=idx)
             self._propagate(idx, +1)
             self._propagate(idx, -1)
         return self._interaction(run)
 
     def edit(self, slice_idx: int, point, positive: bool = True) -> Change:
         """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice with its current
-        mask plus all its correction points, then re-propagate outward to the next anchor
-        or bound (volume mode; in slice mode only that slice is re-run)."""
+        mask plus all its correction points, then re-propagate the slices derived through
+        it, up to the next anchor or bound (volume mode; in slice mode only that slice)."""
         idx = self.engine.check_index(slice_idx, "edit slice")
         if self.bounds is not None and not self.bounds[0] <= idx <= self.bounds[1]:
             raise BoundsError(f"edit slice {idx} is outside the bounds {self.bounds[0]}..{self.bounds[1]}")
@@ -173,8 +173,7 @@ class Session:
             dirs = self._downstream(idx) if self.mode == "volume" else []
             self.anchors[idx] = anchor
             self._total = 1 + sum(self._run_length(idx, d) for d in dirs)
-            self._write(idx, self._edit_slice(idx, anchor, prev))
-            self.source[idx] = idx
+            self._write(idx, self._edit_slice(idx, anchor, prev), source=idx)
             for d in dirs:
                 self._propagate(idx, d, converge=True)
         return self._interaction(run)
@@ -196,8 +195,7 @@ class Session:
             self._total = len(order)
             for idx in order:
                 self._check_cancel()
-                self._write(idx, self.engine.predict(idx, prompts[idx]))
-                self.source[idx] = idx
+                self._write(idx, self.engine.predict(idx, prompts[idx]), source=idx)
         return self._interaction(run)
 
     def undo(self) -> Change:
@@ -259,8 +257,12 @@ class Session:
         if self._cancel.is_set():
             raise _Stop()
 
-    def _write(self, idx: int, result: SliceResult | None):
+    def _write(self, idx: int, result: SliceResult | None, source: int | None = None):
+        """Set slice ``idx`` (``None``: empty), recording it for undo; ``source`` is the
+        anchor slice whose prompt or propagation produced it."""
         key = slice_index(self.axis, idx)
+        if source is not None:
+            self.source[idx] = source
         if idx not in self._txn:
             self._txn[idx] = (np.packbits(self.mask[key].astype(bool)), self.scores[idx])
         new = result.mask if result is not None else np.zeros(self.engine.slice_shape, bool)
@@ -326,7 +328,7 @@ class Session:
                 # no mask honours them, and the least change to the current mask wins.
                 # A mask that honours the clicks but redraws the slice (Dice < 0.5 with the
                 # current one) is a jump to another structure, not a correction.
-                near = _dice(m, prev) if prev.any() else 0.0
+                near = dice(m, prev) if prev.any() else 0.0
                 honours = all(bool(m[y, x]) == bool(lab) for (x, y), lab in zip(xy, labs))
                 key = (honours and (near >= 0.5 or not prev.any()), near, float(r.scores[n]))
                 if best_key is None or key > best_key:
@@ -355,8 +357,7 @@ class Session:
                 if not bounded:
                     return
                 # The object was lost: the rest of this run is empty, not stale.
-                self._write(k, None)
-                self.source[k] = start
+                self._write(k, None, source=start)
                 k += direction
                 continue
             r = self.engine.predict(k, s.prompt_from_mask(prev, self.engine.frame.scale))
@@ -364,17 +365,11 @@ class Session:
                 self._write(k, None)
                 return
             old = self.slice_mask(k)
-            self._write(k, r)
-            self.source[k] = start
-            if converge and _agree(r.mask, old, self.converge_dice):
+            self._write(k, r, source=start)
+            if converge and dice(r.mask, old) >= self.converge_dice:
                 return
             prev = r.mask
             k += direction
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
 
 
 def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray) -> np.ndarray:
@@ -389,6 +384,3 @@ def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray) -> np.nda
         near |= (cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2
     return np.where(near, new, prev)
 
-
-def _agree(a: np.ndarray, b: np.ndarray, threshold: float) -> bool:
-    return _dice(a, b) >= threshold
