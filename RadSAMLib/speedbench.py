@@ -279,7 +279,9 @@ def memory_check(base_model, ct, task, args, device):
     reset_peak_rss()
     base_rss = peak_rss_mb()
     vol = torch.from_numpy(np.ascontiguousarray(ct))[None, None]
-    vol = F.interpolate(vol, size=(n, 512, 512), mode="trilinear", align_corners=False)[0, 0].numpy()
+    # int16 HU, as a CT comes from its file or from a Slicer volume node (not a float copy).
+    vol = F.interpolate(vol.float(), size=(n, 512, 512), mode="trilinear", align_corners=False)[0, 0]
+    vol = vol.round_().to(torch.int16).numpy()
     model = accelerate(base_model, "auto", "auto", threads=args.threads)
     eng = SliceEngine(model, vol, axis=0)
     sess = Session(model, vol, engine=eng)

@@ -23,6 +23,8 @@ import torch.nn as nn
 from .cache import atomic_write, cache_dir, weights_sha256
 
 OPSET = 17
+# Bumped whenever a graph's construction changes, so a stale cached export is never reused.
+GRAPH_VERSION = {"encoder": 1, "decoder": 2}
 
 
 class EncoderGraph(nn.Module):
@@ -35,17 +37,54 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
+    """SAM's ``MaskDecoder.predict_masks`` for one image, with the output upscaling done
+    channels-last.
+
+    SAM upscales the transformer's ``(HW, 256)`` tokens with two stride-2 2x2 transposed
+    convolutions and a channel LayerNorm in between. Such a convolution has no overlap,
+    so it is one matrix product per token (``256 -> 4 x 64``, then ``64 -> 4 x 32``) with
+    the 2x2 sub-pixels kept as extra axes; the LayerNorm is then over the last axis (one
+    fused op). ONNX Runtime ran the original as ConvTranspose + ReduceMean + transposes,
+    ~25% of the decoder's time on a CPU. The sub-pixel axes are put in image order once,
+    on the 4 output masks. Same math as the eager decoder (tested to 1e-4 on real CT).
+    """
+
     def __init__(self, model):
         super().__init__()
-        self.mask_decoder = model.mask_decoder
+        self.mask_decoder = md = model.mask_decoder
         with torch.no_grad():
             pe = model.prompt_encoder.get_dense_pe().detach().clone()
         self.register_buffer("image_pe", pe, persistent=False)
+        up = md.output_upscaling
+        conv1, self.norm1, self.act1, conv2, self.act2 = up[0], up[1], up[2], up[3], up[4]
+        c_in, c1, c2 = conv1.in_channels, conv1.out_channels, conv2.out_channels
+        # (C_in, C_out, 2, 2) -> (C_in, 2*2*C_out): output laid out as (di, dj, channel).
+        self.register_buffer("w1", conv1.weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c1).clone(), persistent=False)
+        self.register_buffer("b1", conv1.bias.detach().repeat(4).clone(), persistent=False)
+        self.register_buffer("w2", conv2.weight.detach().permute(0, 2, 3, 1).reshape(c1, 4 * c2).clone(), persistent=False)
+        self.register_buffer("b2", conv2.bias.detach().repeat(4).clone(), persistent=False)
+        self.c1, self.c2 = c1, c2
 
     def forward(self, embedding, sparse, dense):
-        return self.mask_decoder.predict_masks(
-            image_embeddings=embedding, image_pe=self.image_pe,
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+        md = self.mask_decoder
+        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)[None]
+        tokens = torch.cat((out_tokens, sparse), dim=1)
+        src = embedding + dense
+        _, c, h, w = src.shape
+        hs, src = md.transformer(src, self.image_pe, tokens)  # src: (1, h*w, c)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:1 + md.num_mask_tokens, :]
+
+        x = (src @ self.w1 + self.b1).reshape(1, h * w * 4, self.c1)  # tokens x (di, dj)
+        x = self.act1(nn.functional.layer_norm(x, (self.c1,), self.norm1.weight, self.norm1.bias, self.norm1.eps))
+        x = self.act2(x @ self.w2 + self.b2).reshape(1, h * w * 16, self.c2)  # x (di, dj, ei, ej)
+
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
+        m = hyper_in.shape[1]
+        masks = (x @ hyper_in[0].transpose(0, 1))  # (h*w*16, m)
+        # (i, j, di, dj, ei, ej, m) -> (m, i, di, ei, j, dj, ej): row 4i+2di+ei, column 4j+2dj+ej.
+        masks = masks.reshape(h, w, 2, 2, 2, 2, m).permute(6, 0, 2, 4, 1, 3, 5).reshape(1, m, 4 * h, 4 * w)
+        return masks, md.iou_prediction_head(iou_token_out)
 
 
 def example_inputs(model, part: str):
@@ -68,7 +107,7 @@ def graph_key(model, part: str) -> str:
     mods = [model.image_encoder] if part == "encoder" else [model.mask_decoder, model.prompt_encoder]
     wsha = weights_sha256(nn.ModuleList(mods))
     tv = torch.__version__.split("+")[0]
-    return f"{model.info.name}-{part}-{wsha[:16]}-opset{OPSET}-torch{tv}-ort{rt}.onnx"
+    return f"{model.info.name}-{part}-{wsha[:16]}-g{GRAPH_VERSION[part]}-opset{OPSET}-torch{tv}-ort{rt}.onnx"
 
 
 def export(model, part: str, path: Path) -> float:

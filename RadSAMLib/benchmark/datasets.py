@@ -140,7 +140,7 @@ def _sitk_loader(image_path, label_path):
         img = read_image(image_path)
         lab = read_label(label_path, img)
         sp = np.asarray(img.GetSpacing()[::-1], np.float64)
-        return image_to_array(img), lab, sp
+        return image_to_array(img).astype(np.float32, copy=False), lab, sp
     return load
 
 
@@ -215,7 +215,7 @@ def _totalseg(root: Path):
                 f = d / "segmentations" / f"{labels[v]}.nii.gz"
                 if f.exists():
                     label[read_label(f, img) > 0] = v
-            return image_to_array(img), label, np.asarray(img.GetSpacing()[::-1], np.float64)
+            return image_to_array(img).astype(np.float32, copy=False), label, np.asarray(img.GetSpacing()[::-1], np.float64)
         return load
     return Dataset(root, "totalseg", labels, [Case(d.name, loader(d)) for d in dirs])
 

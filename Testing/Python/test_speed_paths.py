@@ -176,3 +176,43 @@ def test_auto_choice_and_errors(model):
     assert make_decoder(model, "eager") == model.decode
     if "onnx" in available_encoders(model):
         assert make_encoder(model, "auto").backend == "onnx"
+
+
+def test_decoder_graph_is_the_eager_decoder(model, abdomen, abdomen_engine):
+    """The channels-last upscaling of ``DecoderGraph`` (exported to ONNX, run by the CUDA
+    graph path) computes SAM's transposed convolutions + LayerNorm2d exactly."""
+    from RadSAMLib.accel.graphs import DecoderGraph
+    graph = DecoderGraph(model).eval()
+    eng, labels = abdomen_engine, abdomen[2]
+    f, k = eng.frame, SLICES[1]
+    emb = eng.embedding(k).float()
+    (name, box), = list(organ_boxes(labels[k]).items())[:1]
+    obj = labels[k] == [v for v, n in ABDOMEN_ORGANS.items() if n == name][0]
+    for mask in (None, f.mask_to_model(obj, size=model.mask_input_size)):
+        with torch.no_grad():
+            sparse, dense = model.prompt_embeddings(box=f.box_to_model(box), mask=mask)
+            l0, s0 = model.mask_decoder.predict_masks(emb, model.prompt_encoder.get_dense_pe(), sparse, dense)
+            l1, s1 = graph(emb, sparse, dense)
+        assert l1.shape == l0.shape == (1, 4, model.input_size, model.input_size)
+        assert float((l1 - l0).abs().max()) < 1e-3 * max(1.0, float(l0.abs().max()))
+        assert torch.allclose(s0, s1, atol=1e-5)
+
+
+def test_default_model_loads_without_timm():
+    """LiteMedSAM's TinyViT needs four helpers from timm; importing timm (and torchvision
+    with it) cost 2.8 s and ~200 MB per process, so the model loads without it, and a later
+    ``import timm`` still gets the real package."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "from RadSAMLib.models import load_model\n"
+        "m = load_model('litemedsam', device='cpu')\n"
+        "assert 'timm' not in sys.modules and 'torchvision' not in sys.modules, sorted(k for k in sys.modules if 'timm' in k)\n"
+        "import timm\n"
+        "assert hasattr(timm, 'create_model'), 'a stand-in module leaked into sys.modules'\n"
+        "from timm.models.layers import DropPath\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
