@@ -244,27 +244,39 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(i)
     i.set_defaults(func=cmd_info)
 
-    _plugin(sub, "benchmark", "RadSAMLib.benchmark.cli", "simulated-user 3D Dice benchmark")
-    _plugin(sub, "bench-speed", "RadSAMLib.speedbench", "speed benchmark: ms/slice, slices/s, peak memory")
+    for name, (_, help_text) in PLUGINS.items():  # listed in --help; run by main() directly
+        sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
-def _plugin(sub, name, module, help_text):
+# Subcommands with their own parser, imported only when asked for: the speed benchmark
+# imports torch at import time, which would add ~1-2 s to every ``radsam --help``.
+PLUGINS = {
+    "benchmark": ("RadSAMLib.benchmark.cli", "simulated-user 3D Dice benchmark (radsam benchmark -h)"),
+    "bench-speed": ("RadSAMLib.speedbench", "speed benchmark: ms/slice, slices/s, peak memory (radsam bench-speed -h)"),
+}
+
+
+def _run_plugin(name, argv) -> int:
     import importlib
     try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return
-    sp = sub.add_parser(name, help=help_text)
-    mod.add_arguments(sp)
-    sp.set_defaults(func=mod.run)
+        module = importlib.import_module(PLUGINS[name][0])
+    except ImportError as e:
+        raise RadSAMError(f"radsam {name} cannot start: {e} (pip install 'radsam[bench]')") from e
+    p = argparse.ArgumentParser(prog=f"radsam {name}", description=PLUGINS[name][1])
+    module.add_arguments(p)
+    return int(module.run(p.parse_args(argv)) or 0)
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PLUGINS:
+        run = lambda: _run_plugin(argv[0], argv[1:])  # noqa: E731
+    else:
+        args = build_parser().parse_args(argv)
+        run = lambda: args.func(args)  # noqa: E731
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except RadSAMError as e:
         print(f"radsam: error: {e}", file=sys.stderr)
         return EXIT_USAGE

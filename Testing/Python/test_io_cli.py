@@ -175,6 +175,24 @@ def test_cli_bad_files_exit_2(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def test_cli_help_is_fast_and_subcommands_parse_their_own_arguments(capsys):
+    """``radsam --help`` imports neither torch nor the benchmarks; ``radsam bench-speed``
+    and ``radsam benchmark`` still parse (and reject) their own arguments."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom RadSAMLib.cli import build_parser\nh = build_parser().format_help()\n"
+            "assert 'bench-speed' in h and 'benchmark' in h, h\n"
+            "assert 'torch' not in sys.modules, 'torch imported to build the parser'\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    for name in ("bench-speed", "benchmark"):
+        with pytest.raises(SystemExit) as e:
+            main([name, "--no-such-option", "x"] if name == "bench-speed" else [name, "x", "--no-such-option"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"radsam {name}" in err and "--no-such-option" in err
+
+
 def test_cli_refuses_to_overwrite(ct, tmp_path, capsys):
     out = tmp_path / "m.nii.gz"
     out.write_bytes(b"keep")
