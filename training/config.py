@@ -24,13 +24,17 @@ class Config:
     noise: dict = field(default_factory=lambda: {"rot_deg": 5.0, "scale": 0.10, "shift": 0.15, "morph": 5})
     box_jitter_px: float = 10.0     # model-frame pixels (GT box prompts)
     mask_box_margin: list = field(default_factory=lambda: [0.0, 8.0])  # model px, box around a mask prompt
+    mask_prompt_grow: float = 0.0   # model px every mask prompt grows by (inference: the strategy's grow)
     # model
     base_model: str = "litemedsam"
+    init_from: str = ""             # a RadSAM delta (.safetensors) to start from instead of the base weights
     train_parts: list = field(default_factory=lambda: ["prompt_encoder", "mask_decoder"])
     # loss
     alt_weight: float = 0.5         # min-loss over the 3 alternatives (SAM's ambiguity rule)
     iou_weight: float = 1.0         # MSE of the IoU head against the true IoU, all 4 outputs
     l2sp: float = 0.0               # pull toward the base weights (sum of squared differences)
+    distill_weight: float = 0.0     # learning without forgetting: + w * Dice+BCE of the primary output
+                                    # against the frozen base model's (box prompt; see data.make_prompt)
     # optimisation
     lr: float = 1e-5
     batch_size: int = 8

@@ -20,7 +20,7 @@ import torch
 from .config import Config
 from .data import BatchStream, EmbeddingStore, SampleIndex, batch_embeddings, load_shards
 from .export import export_delta
-from .objective import decode_batch, loss_fn
+from .objective import decode_batch, loss_fn, seg_loss
 from .validate import evaluate, means
 
 
@@ -44,16 +44,57 @@ def _trained_state(model, parts):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[0] in parts}
 
 
+def with_grow(spec: str, grow: float) -> str:
+    """A mask strategy spec with the training's mask-prompt grow (unless it names one)."""
+    from dataclasses import replace
+
+    from RadSAMLib.propagation import Strategy
+    st = Strategy.parse(spec)
+    return replace(st, grow=grow).spec() if "mask" in st.kind and not st.grow else spec
+
+
+def init_weights(model, cfg: Config) -> None:
+    """Start from the trained parts of the RadSAM delta ``cfg.init_from`` (same base model)."""
+    from RadSAMLib.models.registry import read_delta
+    tensors, record = read_delta(cfg.init_from)
+    if record["base_model"] != cfg.base_model or record.get("base_sha256", model.info.sha256) != model.info.sha256:
+        raise ValueError(f"init_from {cfg.init_from} was trained on {record['base_model']}, not on this {cfg.base_model}")
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+
+
+def distill_loss(teacher, emb, b, logits, amp: bool):
+    """Learning without forgetting: Dice+BCE of the student's primary output against the
+    frozen base model's, the base prompted as box:5 propagation would prompt it (the box
+    around the mask prompt, plus any points). Head-and-neck ground truth teaches the mask
+    path; this term keeps the base's behaviour on everything else (abdominal organs)."""
+    box = b.get("teacher_box", b.get("box"))
+    with torch.no_grad(), torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=amp):
+        t_logits, _ = decode_batch(teacher, emb, box, b.get("points"), b.get("labels"))
+    soft = torch.sigmoid(t_logits[:, 0].float())
+    return seg_loss(logits[:, :1].float(), soft).mean()
+
+
 def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
     """Train, validate, export; ``store`` may hold embeddings computed elsewhere."""
     from RadSAMLib.models import load_model
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
+    if cfg.mask_prompt_grow:  # validate and ship with the mask prompts it was trained on
+        cfg.val_strategies = [with_grow(v, cfg.mask_prompt_grow) for v in cfg.val_strategies]
+        cfg.default_strategy = with_grow(cfg.default_strategy, cfg.mask_prompt_grow)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(cfg.base_model, device=cfg.device)
     dev = model.device
+    if cfg.init_from:
+        init_weights(model, cfg)
+    teacher = None
+    if cfg.distill_weight:
+        teacher = load_model(cfg.base_model, device=cfg.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     shards = load_shards(cfg.shards)
     val_shards = load_shards(cfg.val_shards) if cfg.val_shards else []
     t0 = time.time()
@@ -94,7 +135,7 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
             return None
         model.eval()
         cols = {s: (model, s) for s in cfg.val_strategies}
-        rows = evaluate(cols, val_shards, store, cfg.max_val_objects)
+        rows = evaluate(cols, val_shards, store, cfg.max_val_objects, fast=False)
         m = means(rows, cols)
         model.train()
         new = not (out / "val.csv").is_file()
@@ -126,6 +167,8 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda"):
             logits, iou = decode_batch(model, emb, b.get("box"), b.get("points"), b.get("labels"), b.get("mask"))
         loss, parts = loss_fn(logits, iou, b["target"].to(dev), cfg.alt_weight, cfg.iou_weight)
+        if teacher is not None and b["kind"] != "points":  # the base is poor with points alone
+            loss = loss + cfg.distill_weight * distill_loss(teacher, emb, b, logits, cfg.amp and dev.type == "cuda")
         if cfg.l2sp:
             loss = loss + cfg.l2sp * sum(((p - base[n]) ** 2).sum() for n, p in model.named_parameters() if n in base)
         opt.zero_grad(set_to_none=True)
@@ -156,6 +199,9 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
               "data": {"shards": [s.name for s in shards], "val_shards": [s.name for s in val_shards],
                        "samples": int(len(index.rows)), "classes": sorted(f"{g}:{n}" if g else n for g, n in index.classes)},
               "validation_dice": {"best": best, "before": first}, "steps": step}
+    if cfg.init_from:
+        from RadSAMLib.models.registry import sha256_of
+        record["init_from_sha256"] = sha256_of(Path(cfg.init_from))
     path = export_delta(model, cfg.train_parts, out / "radsam_litemedsam.safetensors", record)
     log(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB), best validation {best:.3f}")
     return {"losses": losses, "best": best, "first": first, "export": str(path), "step": step}

@@ -18,9 +18,14 @@ from RadSAMLib.session import Session
 from .pack import u8_to_hu
 
 
-def engine_for(model, shard, embeddings) -> SliceEngine:
-    """A SliceEngine over the shard whose embedding cache is already filled."""
-    eng = SliceEngine(model, u8_to_hu(shard.ct), axis=0)
+def engine_for(model, shard, embeddings, fast: bool = True) -> SliceEngine:
+    """A SliceEngine over the shard whose embedding cache is already filled.
+
+    ``fast=False`` decodes with the model's own PyTorch modules: a model being trained must,
+    since a fast path (an exported ONNX graph) is built once per model object and would
+    keep the weights it was built with."""
+    eng = SliceEngine(model, u8_to_hu(shard.ct), axis=0, encoder_backend="torch",
+                      decoder_backend="auto" if fast else "eager")
     eng._cache = {z: embeddings[z:z + 1] for z in range(len(shard.ct))}
     return eng
 
@@ -37,12 +42,12 @@ def gt_box(mask):
     return (x0, y0, x1, y1)
 
 
-def object_dice(model, shard, embeddings, label: int, strategy: str) -> float:
+def object_dice(model, shard, embeddings, label: int, strategy: str, fast: bool = True) -> float:
     gt = shard.lab == label
     zs = shard.slices_of(label)
     lo, hi = int(zs[0]), int(zs[-1])
     sess = Session(model, None, strategy=None if strategy == "slice" else strategy,
-                   engine=engine_for(model, shard, embeddings))
+                   engine=engine_for(model, shard, embeddings, fast))
     if strategy == "slice":
         sess.segment_slices({int(z): SlicePrompt(box=gt_box(gt[z])) for z in zs})
     else:
@@ -51,9 +56,9 @@ def object_dice(model, shard, embeddings, label: int, strategy: str) -> float:
     return dice(sess.mask[lo:hi + 1], gt[lo:hi + 1])
 
 
-def evaluate(models: dict, shards, store, max_objects: int | None = None, progress=None) -> list:
+def evaluate(models: dict, shards, store, max_objects: int | None = None, progress=None, fast: bool = True) -> list:
     """``models``: column name -> (model, strategy). Returns rows
-    ``{"shard", "object", column: dice, ...}``."""
+    ``{"shard", "object", column: dice, ...}``. ``fast=False`` for a model in training."""
     rows = []
     for sh in shards:
         for v, name in sh.objects.items():
@@ -63,7 +68,7 @@ def evaluate(models: dict, shards, store, max_objects: int | None = None, progre
                 return rows
             row = {"shard": sh.name, "object": name}
             for col, (m, strat) in models.items():
-                row[col] = object_dice(m, sh, store[sh.name], v, strat)
+                row[col] = object_dice(m, sh, store[sh.name], v, strat, fast)
             rows.append(row)
             if progress:
                 progress(row)

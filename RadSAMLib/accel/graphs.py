@@ -56,14 +56,15 @@ class DecoderGraph(nn.Module):
             pe = model.prompt_encoder.get_dense_pe().detach().clone()
         self.register_buffer("image_pe", pe, persistent=False)
         up = md.output_upscaling
-        conv1, self.norm1, self.act1, conv2, self.act2 = up[0], up[1], up[2], up[3], up[4]
-        c_in, c1, c2 = conv1.in_channels, conv1.out_channels, conv2.out_channels
-        # (C_in, C_out, 2, 2) -> (C_in, 2*2*C_out): output laid out as (di, dj, channel).
-        self.register_buffer("w1", conv1.weight.detach().permute(0, 2, 3, 1).reshape(c_in, 4 * c1).clone(), persistent=False)
-        self.register_buffer("b1", conv1.bias.detach().repeat(4).clone(), persistent=False)
-        self.register_buffer("w2", conv2.weight.detach().permute(0, 2, 3, 1).reshape(c1, 4 * c2).clone(), persistent=False)
-        self.register_buffer("b2", conv2.bias.detach().repeat(4).clone(), persistent=False)
-        self.c1, self.c2 = c1, c2
+        self.conv1, self.norm1, self.act1, self.conv2, self.act2 = up[0], up[1], up[2], up[3], up[4]
+
+    @staticmethod
+    def _as_matmul(conv):
+        """A stride-2 2x2 ``ConvTranspose2d`` as ``(C_in, 4 * C_out)`` weights and bias, the
+        output laid out as (di, dj, channel). Derived from the live weights on every call
+        (a few microseconds), so a graph built before a training step sees the new weights."""
+        c_in, c_out = conv.in_channels, conv.out_channels
+        return conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out), conv.bias.repeat(4)
 
     def forward(self, embedding, sparse, dense):
         md = self.mask_decoder
@@ -75,9 +76,11 @@ class DecoderGraph(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1:1 + md.num_mask_tokens, :]
 
-        x = (src @ self.w1 + self.b1).reshape(1, h * w * 4, self.c1)  # tokens x (di, dj)
-        x = self.act1(nn.functional.layer_norm(x, (self.c1,), self.norm1.weight, self.norm1.bias, self.norm1.eps))
-        x = self.act2(x @ self.w2 + self.b2).reshape(1, h * w * 16, self.c2)  # x (di, dj, ei, ej)
+        (w1, b1), (w2, b2) = self._as_matmul(self.conv1), self._as_matmul(self.conv2)
+        c1, c2 = self.conv1.out_channels, self.conv2.out_channels
+        x = (src @ w1 + b1).reshape(1, h * w * 4, c1)  # tokens x (di, dj)
+        x = self.act1(nn.functional.layer_norm(x, (c1,), self.norm1.weight, self.norm1.bias, self.norm1.eps))
+        x = self.act2(x @ w2 + b2).reshape(1, h * w * 16, c2)  # x (di, dj, ei, ej)
 
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], dim=1)
         m = hyper_in.shape[1]

@@ -234,3 +234,29 @@ def test_edit_progress_counts_the_slices_it_will_rewrite(volume):
     ch = s.edit(6, (20, 12), positive=False)
     assert calls[-1] == (len(ch.slices), len(ch.slices)) == (4, 4)
     assert all(total == 4 for _, total in calls)
+
+
+def test_strategy_specs_and_mask_grow():
+    """``kind[:margin[:grow]]`` parses and prints back; a grown mask prompt contains the
+    previous mask, grows it round by ``grow`` model pixels, and the box is unchanged."""
+    from dataclasses import replace
+
+    from RadSAMLib.errors import RadSAMError
+    from RadSAMLib.propagation import Strategy, grow_mask
+    for spec, kind, margin, grow in [("box", "box", 5, 0), ("box:3", "box", 3, 0), ("mask+box:5:4", "mask+box", 5, 4),
+                                     ("mask::6", "mask", 5, 6)]:
+        st = Strategy.parse(spec)
+        assert (st.kind, st.margin, st.grow) == (kind, margin, grow)
+        assert Strategy.parse(st.spec()) == st
+    for bad in ("mask:x", "mask:1:2:3", "box:-2", "blob"):
+        with pytest.raises(RadSAMError):
+            Strategy.parse(bad)
+    prev = np.zeros((60, 80), bool)
+    prev[20:30, 30:50] = True
+    plain = Strategy.parse("mask+box:5").prompt_from_mask(prev, scale=2.0)
+    grown = Strategy.parse("mask+box:5:6").prompt_from_mask(prev, scale=2.0)
+    assert plain.box == grown.box and np.array_equal(plain.mask, prev)
+    assert grown.mask[prev].all() and grown.mask[17, 40] and grown.mask[32, 40] and not grown.mask[16, 40]
+    assert not grown.mask[16, 26]  # round, not square: the corner grows by less than 3 px per axis
+    assert np.array_equal(grow_mask(prev, 0.5), prev) and not grow_mask(np.zeros((5, 5), bool), 3).any()
+    assert replace(Strategy.parse("mask"), grow=4).spec() == "mask:5:4"

@@ -172,3 +172,36 @@ def test_bundled_delta_segments_a_real_organ(abdomen, abdomen_engine):
     z = int(zs[len(zs) // 2])
     r = eng.predict(z, SlicePrompt(box=box_of_mask(gt[z - 1], margin=2), mask=gt[z - 1]))
     assert dice(r.mask, gt[z]) > 0.8
+
+
+def test_grown_mask_prompts_distillation_and_init_from(model, smoke_data, tmp_path):
+    """``mask_prompt_grow`` grows every training mask prompt (and the shipped strategy says
+    so), ``distill_weight`` trains against the frozen base, ``init_from`` starts from a delta."""
+    from RadSAMLib.models import load_model
+    from RadSAMLib.models.registry import read_delta
+    from training.config import Config
+    from training.data import load_shards, make_prompt
+    from training.train import init_weights, run
+    out, store = smoke_data
+    sh = load_shards([out / "abdomen_train.npz"])[0]
+    v = next(iter(sh.objects))
+    z = int(sh.slices_of(v)[0])
+    plain = make_prompt(sh, z, v, "mask+box", Config(), np.random.default_rng(3))
+    grown = make_prompt(sh, z, v, "mask+box", Config(mask_prompt_grow=6.0), np.random.default_rng(3))
+    assert plain["box"] == grown["box"] and plain["teacher_box"] == grown["teacher_box"]
+    assert grown["mask"][plain["mask"]].all() and grown["mask"].sum() > plain["mask"].sum()
+
+    tensors, _ = read_delta(WEIGHTS)
+    fresh = load_model("litemedsam", device="cpu")
+    init_weights(fresh, Config(init_from=str(WEIGHTS)))
+    own = fresh.state_dict()
+    assert all(torch.equal(own[k], t.float()) for k, t in tensors.items())
+
+    cfg = Config.load(SMOKE, shards=[str(out / "abdomen_train.npz")], val_shards=[str(out / "abdomen_eval.npz")],
+                      out_dir=str(tmp_path / "run"), embed_cache="", steps=3, batch_size=2, max_val_objects=1,
+                      val_every=3, prompt_mix={"mask+box": 1.0}, mask_prompt_grow=6.0, distill_weight=0.5,
+                      init_from=str(WEIGHTS))
+    res = run(cfg, log=lambda *a: None, store=store)
+    ft = load_model(res["export"], device="cpu")
+    assert ft.info.default_strategy == "mask+box:5:6"
+    assert ft.info.extra["config"]["init_from"] == str(WEIGHTS) and ft.info.extra["config"]["distill_weight"] == 0.5
