@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--col", action="append", required=True, metavar="NAME=MODEL@STRATEGY")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out")
+    ap.add_argument("--embed-cache", default="", help="folder of cached embeddings (written when missing)")
     a = ap.parse_args(argv)
     from RadSAMLib.models import load_model
 
@@ -41,7 +42,7 @@ def main(argv=None):
     encoder = next(iter(loaded.values()))
     shards = load_shards(a.shards)
     t0 = time.time()
-    store = EmbeddingStore().build(encoder, shards)
+    store = EmbeddingStore().build(encoder, shards, cache_dir=a.embed_cache)
     print(f"encoded {sum(len(s.ct) for s in shards)} slices in {time.time() - t0:.1f} s", flush=True)
     t0 = time.time()
     rows = evaluate(cols, shards, store, progress=lambda r: print(

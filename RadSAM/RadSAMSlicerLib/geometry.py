@@ -43,12 +43,16 @@ def check_volume(volume_node) -> None:
 
 
 def volume_array(volume_node) -> np.ndarray:
-    """Voxel values of ``volume_node`` as a float32 ``(k, j, i)`` array (a copy)."""
+    """Voxel values of ``volume_node`` as a ``(k, j, i)`` array: a copy, since the worker
+    thread reads it while the node may change. 8/16-bit integers (a CT's int16 HU) keep
+    their type, half the memory of float32; anything else becomes float32."""
     check_volume(volume_node)
     image = volume_node.GetImageData()
     ni, nj, nk = image.GetDimensions()
-    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
-    return flat.reshape(nk, nj, ni).astype(np.float32, copy=True)
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nk, nj, ni)
+    if flat.dtype in (np.int8, np.uint8, np.int16, np.uint16):
+        return flat.copy()
+    return flat.astype(np.float32, copy=True)
 
 
 def volume_shape(volume_node) -> tuple:

@@ -43,7 +43,7 @@ def model():
 
 @pytest.fixture(scope="session")
 def abdomen():
-    """(sitk image, (k,j,i) float32 HU volume, (k,j,i) label array, {value: name})."""
+    """(sitk image, (k,j,i) HU volume as stored (int16), (k,j,i) label array, {value: name})."""
     need(ABDOMEN)
     from RadSAMLib.imageio import image_to_array, read_image, read_label
     img = read_image(ABDOMEN / "ct.nii.gz")
