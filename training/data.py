@@ -85,13 +85,19 @@ class EmbeddingStore:
         return name in self.emb
 
     @torch.no_grad()
-    def build(self, model, shards, cache_dir: str = "", batch: int = 32, progress=None) -> "EmbeddingStore":
+    def build(self, model, shards, cache_dir: str = "", batch: int = 32, progress=None, encode=None) -> "EmbeddingStore":
+        """Embeddings of every slice of ``shards`` by ``encode`` (default: the engine's
+        fastest path equal to eager fp32, built once per model object: pass
+        ``model.encode`` for a model whose encoder weights are changing)."""
         dev = model.device
-        encode = None
+        # Cached embeddings are filed under the encoder's weights: a fully fine-tuned
+        # encoder's can never be mistaken for the base's.
+        from RadSAMLib.accel.cache import weights_sha256
+        encoder_key = weights_sha256(model.image_encoder)[:16] if cache_dir else ""
         for sh in shards:
             if sh.name in self.emb:
                 continue
-            path = Path(cache_dir) / f"{sh.name}.emb.pt" if cache_dir else None
+            path = Path(cache_dir) / encoder_key / f"{sh.name}.emb.pt" if cache_dir else None
             if path is not None and path.is_file():
                 self.emb[sh.name] = torch.load(path, map_location=dev, weights_only=True)
                 continue

@@ -37,15 +37,20 @@ def main(argv=None):
         if mname not in loaded:
             loaded[mname] = load_model(mname, device=a.device)
         cols[name] = (loaded[mname], strat)
-    # RadSAM deltas hold no image-encoder tensors (training/train.py refuses to train it),
-    # so the first model's embeddings serve every column.
-    encoder = next(iter(loaded.values()))
+    # Deltas that did not train the image encoder share the base's: one encoding serves
+    # every such column. A full fine-tune's columns get their own embeddings.
+    from RadSAMLib.accel.cache import weights_sha256
     shards = load_shards(a.shards)
+    stores, by_encoder = {}, {}
+    for name, (m, _) in cols.items():
+        key = weights_sha256(m.image_encoder)
+        if key not in stores:
+            t0 = time.time()
+            stores[key] = EmbeddingStore().build(m, shards, cache_dir=a.embed_cache)
+            print(f"encoded {sum(len(s.ct) for s in shards)} slices in {time.time() - t0:.1f} s", flush=True)
+        by_encoder[name] = stores[key]
     t0 = time.time()
-    store = EmbeddingStore().build(encoder, shards, cache_dir=a.embed_cache)
-    print(f"encoded {sum(len(s.ct) for s in shards)} slices in {time.time() - t0:.1f} s", flush=True)
-    t0 = time.time()
-    rows = evaluate(cols, shards, store, progress=lambda r: print(
+    rows = evaluate(cols, shards, by_encoder, progress=lambda r: print(
         r["shard"], r["object"], " ".join(f"{c}={r[c]:.3f}" for c in cols), flush=True))
     m = means(rows, cols)
     by_obj = {}

@@ -1,7 +1,9 @@
 """The training loop: ``python -m training.train training/configs/gpu.json [--set key=json ...]``.
 
-Frozen image encoder, cached embeddings; trains ``cfg.train_parts`` (prompt encoder + mask
-decoder) with Adam at a constant learning rate. Writes to ``cfg.out_dir``:
+Trains ``cfg.train_parts`` with Adam at a constant learning rate: by default the prompt
+encoder + mask decoder on cached embeddings of the frozen image encoder; with
+``image_encoder`` in the parts, full fine-tuning (every batch through the encoder; bf16
+autocast on a GPU with ``amp``). Writes to ``cfg.out_dir``:
 ``last.pt`` (model parts, optimizer, step, config; resumed automatically), ``log.csv``
 (one row per step), ``val.csv`` (periodic volume-level validation), ``best.pt`` and the
 exported delta ``radsam_litemedsam.safetensors`` (+ ``.json``) of the best validation.
@@ -29,10 +31,8 @@ def trainable(model, parts):
         p.requires_grad_(False)
     params = []
     for part in parts:
-        if part == "image_encoder":
-            raise ValueError("train_parts: 'image_encoder' is not supported: a full fine-tune's delta "
-                             "(~20 MB fp16) would not fit the repository, and the encoder is shared with "
-                             "the base model's box behaviour (see training/README.md)")
+        if part not in ("image_encoder", "prompt_encoder", "mask_decoder"):
+            raise ValueError(f"train_parts: unknown part '{part}' (image_encoder, prompt_encoder, mask_decoder)")
         mod = getattr(model, part)
         for p in mod.parameters():
             p.requires_grad_(True)
@@ -63,14 +63,17 @@ def init_weights(model, cfg: Config) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
 
 
-def distill_loss(teacher, emb, b, logits, amp: bool):
+def distill_loss(teacher, b, logits, amp: bool, emb=None):
     """Learning without forgetting: Dice+BCE of the student's primary output against the
     frozen base model's, the base prompted as box:5 propagation would prompt it (the box
     around the mask prompt, plus any points). Head-and-neck ground truth teaches the mask
     path; this term keeps the base's behaviour on everything else (abdominal organs)."""
     box = b.get("teacher_box", b.get("box"))
-    with torch.no_grad(), torch.autocast(emb.device.type, dtype=torch.bfloat16, enabled=amp):
-        t_logits, _ = decode_batch(teacher, emb, box, b.get("points"), b.get("labels"))
+    dev = teacher.device
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        if emb is None:  # full fine-tuning: the teacher's own (base) embedding
+            emb = teacher.image_encoder(teacher.normalize(b["image"].to(dev)))
+        t_logits, _ = decode_batch(teacher, emb.detach(), box, b.get("points"), b.get("labels"))
     soft = torch.sigmoid(t_logits[:, 0].float())
     return seg_loss(logits[:, :1].float(), soft).mean()
 
@@ -97,10 +100,16 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
             p.requires_grad_(False)
     shards = load_shards(cfg.shards)
     val_shards = load_shards(cfg.val_shards) if cfg.val_shards else []
+    # Full fine-tuning (the image encoder trains too): every batch goes through the encoder,
+    # and validation re-encodes its slices with the current weights; otherwise every slice
+    # is encoded once by the frozen encoder and cached.
+    full = "image_encoder" in cfg.train_parts
     t0 = time.time()
-    store = (store or EmbeddingStore()).build(model, shards + val_shards, cache_dir=cfg.embed_cache)
-    n_slices = sum(len(s.ct) for s in shards + val_shards)
-    log(f"embeddings: {n_slices} slices in {time.time() - t0:.1f} s on {dev}")
+    store = store or EmbeddingStore()
+    if not full:
+        store.build(model, shards + val_shards, cache_dir=cfg.embed_cache)
+        n_slices = sum(len(s.ct) for s in shards + val_shards)
+        log(f"embeddings: {n_slices} slices in {time.time() - t0:.1f} s on {dev}")
     index = SampleIndex(shards, cfg.shard_weights)
     log(f"samples: {len(index.rows)} (slice, object) pairs, {len(index.classes)} object classes")
 
@@ -116,7 +125,8 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
         step, best = int(state["step"]), float(state["best"])
         log(f"resumed from {ck} at step {step}")
 
-    stream = BatchStream(shards, index, cfg, seed=cfg.seed * 1000 + step, mask_size=model.mask_input_size)
+    stream = BatchStream(shards, index, cfg, seed=cfg.seed * 1000 + step, mask_size=model.mask_input_size,
+                         with_images=full)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                                          persistent_workers=cfg.workers > 0)
     new_log = not (out / "log.csv").is_file()
@@ -134,10 +144,13 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
         if not val_shards:
             return None
         model.eval()
+        val_store = store
+        if full:  # the encoder has changed since the last validation: eager, never a cached path
+            val_store = EmbeddingStore().build(model, val_shards, encode=model.encode)
         cols = {s: (model, s) for s in cfg.val_strategies}
-        rows = evaluate(cols, val_shards, store, cfg.max_val_objects, fast=False)
+        rows = evaluate(cols, val_shards, val_store, cfg.max_val_objects, fast=False)
         m = means(rows, cols)
-        model.train()
+        train_mode()
         new = not (out / "val.csv").is_file()
         with open(out / "val.csv", "a", newline="") as f:
             w = csv.writer(f)
@@ -151,8 +164,16 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
             save(out / "best.pt")
         return m
 
+    def train_mode():
+        model.train()
+        # Batch statistics of a few slices would overwrite the encoder's BatchNorm running
+        # statistics (TinyViT's Conv2d_BN): they stay as pretrained.
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
     first = validate() if step == 0 else None
-    model.train()
+    train_mode()
     losses = []
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
     it = iter(loader)
@@ -163,12 +184,16 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
             log(f"time limit of {cfg.max_minutes} min reached at step {step}")
             stop = step + 1  # one more step, then the final validation + save
         b = next(it)
-        emb = batch_embeddings(store, shards, b)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda"):
+            if full:
+                emb = model.image_encoder(model.normalize(b["image"].to(dev)))
+            else:
+                emb = batch_embeddings(store, shards, b)
             logits, iou = decode_batch(model, emb, b.get("box"), b.get("points"), b.get("labels"), b.get("mask"))
         loss, parts = loss_fn(logits, iou, b["target"].to(dev), cfg.alt_weight, cfg.iou_weight)
         if teacher is not None and b["kind"] != "points":  # the base is poor with points alone
-            loss = loss + cfg.distill_weight * distill_loss(teacher, emb, b, logits, cfg.amp and dev.type == "cuda")
+            loss = loss + cfg.distill_weight * distill_loss(teacher, b, logits, cfg.amp and dev.type == "cuda",
+                                                            emb if not full else None)
         if cfg.l2sp:
             loss = loss + cfg.l2sp * sum(((p - base[n]) ** 2).sum() for n, p in model.named_parameters() if n in base)
         opt.zero_grad(set_to_none=True)

@@ -57,7 +57,8 @@ def object_dice(model, shard, embeddings, label: int, strategy: str, fast: bool 
 
 
 def evaluate(models: dict, shards, store, max_objects: int | None = None, progress=None, fast: bool = True) -> list:
-    """``models``: column name -> (model, strategy). Returns rows
+    """``models``: column name -> (model, strategy); ``store``: the embeddings, or a dict
+    column name -> its embeddings (models with different image encoders). Returns rows
     ``{"shard", "object", column: dice, ...}``. ``fast=False`` for a model in training."""
     rows = []
     for sh in shards:
@@ -68,7 +69,8 @@ def evaluate(models: dict, shards, store, max_objects: int | None = None, progre
                 return rows
             row = {"shard": sh.name, "object": name}
             for col, (m, strat) in models.items():
-                row[col] = object_dice(m, sh, store[sh.name], v, strat, fast)
+                st = store[col] if isinstance(store, dict) else store
+                row[col] = object_dice(m, sh, st[sh.name], v, strat, fast)
             rows.append(row)
             if progress:
                 progress(row)

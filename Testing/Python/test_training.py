@@ -205,3 +205,29 @@ def test_grown_mask_prompts_distillation_and_init_from(model, smoke_data, tmp_pa
     ft = load_model(res["export"], device="cpu")
     assert ft.info.default_strategy == "mask+box:5:6"
     assert ft.info.extra["config"]["init_from"] == str(WEIGHTS) and ft.info.extra["config"]["distill_weight"] == 0.5
+
+
+def test_full_fine_tuning_trains_the_encoder_and_exports_it(model, smoke_data, tmp_path):
+    """``train_parts`` with ``image_encoder`` (the GPU path's full fine-tune; here 2 CPU
+    steps on real slices): the encoder's weights move, its BatchNorm statistics do not,
+    and the exported delta carries the encoder and loads."""
+    from RadSAMLib.accel.cache import weights_sha256
+    from RadSAMLib.models import load_model
+    from training.config import Config
+    from training.train import run
+    out, store = smoke_data
+    cfg = Config.load(SMOKE, shards=[str(out / "abdomen_train.npz")], val_shards=[str(out / "abdomen_eval.npz")],
+                      out_dir=str(tmp_path / "full"), embed_cache="", steps=2, batch_size=1, lr=1e-4,
+                      max_val_objects=1, val_every=2, prompt_mix={"box": 1.0}, export_from="last",
+                      train_parts=["image_encoder", "prompt_encoder", "mask_decoder"])
+    res = run(cfg, log=lambda *a: None, store=store)
+    ft = load_model(res["export"], device="cpu")
+    assert weights_sha256(ft.image_encoder) != weights_sha256(model.image_encoder)
+    # The trained state (with buffers) as saved for resuming: BatchNorm statistics unchanged.
+    saved = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    base = model.state_dict()
+    stats = [k for k in saved if k.startswith("image_encoder.") and "running_" in k]
+    assert stats and all(torch.equal(saved[k], base[k]) for k in stats)
+    from safetensors import safe_open
+    with safe_open(res["export"], "pt") as f:
+        assert any(k.startswith("image_encoder.") for k in f.keys())
