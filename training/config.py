@@ -16,7 +16,7 @@ class Config:
     val_shards: list = field(default_factory=list)   # held-out shards for periodic validation
     shard_weights: dict = field(default_factory=dict)  # shard-name prefix -> sampling weight (default 1 per object)
     max_val_objects: int = 12                        # validation objects (volume-level protocol)
-    # prompts: kind -> probability (normalised); each batch uses one kind
+    # prompts: kind -> probability (normalised); each batch uses one kind (data.KINDS)
     prompt_mix: dict = field(default_factory=lambda: {
         "box": 0.2, "points": 0.05, "mask": 0.25, "mask+box": 0.35, "mask+point": 0.15})
     neighbor_prob: float = 0.7      # mask prompts: a neighbouring slice's GT (else the same slice's)
@@ -33,8 +33,8 @@ class Config:
     alt_weight: float = 0.5         # min-loss over the 3 alternatives (SAM's ambiguity rule)
     iou_weight: float = 1.0         # MSE of the IoU head against the true IoU, all 4 outputs
     l2sp: float = 0.0               # pull toward the base weights (sum of squared differences)
-    distill_weight: float = 0.0     # learning without forgetting: + w * Dice+BCE of the primary output
-                                    # against the frozen base model's (box prompt; see data.make_prompt)
+    distill_weight: float = 0.0     # learning without forgetting: weight of the "random_box" batches'
+                                    # loss, Dice+BCE of the primary output against the frozen base's
     # optimisation
     lr: float = 1e-5
     batch_size: int = 8

@@ -21,9 +21,11 @@ from RadSAMLib.preprocess import SliceFrame
 from RadSAMLib.propagation import grow_mask
 from RadSAMLib.prompts import box_of_mask
 
-from .noise import NoiseSpec, correction_point, jittered_box, noisy_mask, sample_point
+from .noise import NoiseSpec, correction_point, jittered_box, noisy_mask, random_box, sample_point
 
-KINDS = ("box", "points", "mask", "mask+box", "mask+point")
+# "random_box": a box anywhere on the slice; trained only toward the frozen base model's
+# answer (``distill_weight``), never toward a label.
+KINDS = ("box", "points", "mask", "mask+box", "mask+point", "random_box")
 
 
 @dataclass
@@ -189,12 +191,11 @@ def make_prompt(sh: Shard, z: int, label: int, kind: str, cfg, rng, n_points: in
         if fix is None:  # the noisy mask happens to be perfect: a positive click inside
             fix = (sample_point(gt, rng), 1)
         p["points"], p["labels"] = [fix[0]], [fix[1]]
-    if p["mask"] is not None:
-        # What the base model would be given instead (the distillation teacher's prompt):
-        # box:5 propagation's box around the same mask.
-        p["teacher_box"] = box_of_mask(p["mask"], margin=5.0 / frame.scale)
-        if cfg.mask_prompt_grow:  # inference grows the mask prompt the same way (Strategy.grow)
-            p["mask"] = grow_mask(p["mask"], cfg.mask_prompt_grow / frame.scale)
+    elif kind == "random_box":
+        p["box"] = random_box(sh.slice_shape, rng)
+    if p["mask"] is not None and cfg.mask_prompt_grow:
+        # Inference grows the mask prompt the same way (Strategy.grow).
+        p["mask"] = grow_mask(p["mask"], cfg.mask_prompt_grow / frame.scale)
     return p
 
 
@@ -210,8 +211,6 @@ def to_model_frame(sh: Shard, z: int, label: int, prompt: dict, mask_size: int) 
         out["labels"] = torch.as_tensor(prompt["labels"], dtype=torch.float32)
     if prompt["mask"] is not None:
         out["mask"] = f.mask_to_model(prompt["mask"], size=mask_size)
-    if prompt.get("teacher_box") is not None:
-        out["teacher_box"] = torch.as_tensor(f.box_to_model(prompt["teacher_box"]), dtype=torch.float32)
     return out
 
 

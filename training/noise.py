@@ -92,3 +92,12 @@ def correction_point(prev: np.ndarray, gt: np.ndarray, rng: np.random.Generator)
         region = lab == (1 + int(np.argmax(sizes)))
     p = sample_point(region, rng)
     return (p, 1 if pick_miss else 0)
+
+
+def random_box(shape, rng: np.random.Generator, min_frac: float = 0.08, max_frac: float = 0.9):
+    """A box anywhere on a ``(rows, cols)`` slice, each side a log-uniform fraction of the
+    slice: prompts unrelated to any labelled object (distillation toward the base model)."""
+    rows, cols = shape
+    w, h = (np.exp(rng.uniform(np.log(min_frac), np.log(max_frac), 2)) * (cols - 1, rows - 1))
+    x0, y0 = rng.uniform(0, cols - 1 - w), rng.uniform(0, rows - 1 - h)
+    return (float(x0), float(y0), float(x0 + max(w, 1.0)), float(y0 + max(h, 1.0)))
