@@ -150,8 +150,7 @@ def cmd_segment(args) -> int:
     eng = session.engine
     per_slice = eng.encode_seconds / max(1, eng.encode_count)
     print(f"wrote {out}  ({int(session.mask.sum())} voxels on {int(np.count_nonzero(session.mask.any(axis=tuple(a for a in range(3) if a != axis))))} slices)")
-    print(f"model {model.info.name} on {model.device}, strategy {session.strategy.kind}"
-          f"{':%g' % session.strategy.margin if 'box' in session.strategy.kind else ''}; "
+    print(f"model {model.info.name} on {model.device}, strategy {session.strategy.spec()}; "
           f"load {t_load:.1f} s, segmentation {t_seg:.1f} s, encoder ({getattr(eng.encode_fn, 'backend', 'torch')}) "
           f"{per_slice:.2f} s/slice over {eng.encode_count} slices")
     if reference is not None:
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--edit", nargs=4, action="append", metavar=("K", "X", "Y", "SIGN"),
                    help="correction point on slice K, SIGN + or - (repeatable, applied in order)")
     s.add_argument("--prompts", help="JSON file with slice/box/points/labels/bounds/edits, or slices: {k: prompt} for slice-level")
-    s.add_argument("--strategy", default=None, help="propagation: mask, box[:margin], mask+box (default: the model's)")
+    s.add_argument("--strategy", default=None, help="propagation: mask, box[:margin], mask+box[:margin[:grow]] (model-frame px; default: the model's)")
     s.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="propagation axis of the (k, j, i) array (default 0 = k)")
     s.add_argument("--reference", help="reference label volume: prints the 3D Dice")
     s.add_argument("--label", type=int, help="label value of the object in --reference")

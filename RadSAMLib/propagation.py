@@ -66,8 +66,9 @@ class Strategy:
 
     def spec(self) -> str:
         """The spec string that parses back to this strategy."""
-        s = f"{self.kind}:{self.margin:g}"
-        return s + f":{self.grow:g}" if self.grow and "mask" in self.kind else s
+        margin = f"{self.margin:g}" if "box" in self.kind else ""
+        grow = f":{self.grow:g}" if self.grow and "mask" in self.kind else ""
+        return f"{self.kind}:{margin}{grow}" if margin or grow else self.kind
 
     def prompt_from_mask(self, prev: np.ndarray, scale: float, extra_points=(), extra_labels=()) -> SlicePrompt:
         """The prompt for a slice whose neighbour (or own previous result) is ``prev``.

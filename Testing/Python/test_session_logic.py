@@ -259,4 +259,4 @@ def test_strategy_specs_and_mask_grow():
     assert grown.mask[prev].all() and grown.mask[17, 40] and grown.mask[32, 40] and not grown.mask[16, 40]
     assert not grown.mask[16, 26]  # round, not square: the corner grows by less than 3 px per axis
     assert np.array_equal(grow_mask(prev, 0.5), prev) and not grow_mask(np.zeros((5, 5), bool), 3).any()
-    assert replace(Strategy.parse("mask"), grow=4).spec() == "mask:5:4"
+    assert replace(Strategy.parse("mask"), grow=4).spec() == "mask::4" and Strategy.parse("mask").spec() == "mask"
