@@ -47,3 +47,26 @@ def restamp(path, **extra) -> dict:
     save_file(tensors, str(path), metadata={"radsam": json.dumps(record)})
     path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def export_checkpoint(checkpoint, out) -> Path:
+    """A training checkpoint (``last.pt`` / ``best.pt``) -> a RadSAM delta, e.g. to evaluate
+    the last weights of a run whose export was its best validation."""
+    from RadSAMLib.models import load_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = json.loads(state["config"])
+    model = load_model(cfg["base_model"], device="cpu")
+    model.load_state_dict(state["model"], strict=False)
+    record = {"base_model": cfg["base_model"], "default_strategy": cfg["default_strategy"], "config": cfg,
+              "steps": int(state["step"]), "from_checkpoint": str(checkpoint)}
+    return export_delta(model, cfg["train_parts"], out, record)
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="export a training checkpoint as a RadSAM delta")
+    ap.add_argument("checkpoint")
+    ap.add_argument("out")
+    a = ap.parse_args()
+    print(export_checkpoint(a.checkpoint, a.out))

@@ -213,6 +213,9 @@ def test_grown_mask_prompts_distillation_and_init_from(model, smoke_data, tmp_pa
     ft = load_model(res["export"], device="cpu")
     assert ft.info.default_strategy == "mask+box:5:6"
     assert ft.info.extra["config"]["init_from"] == str(WEIGHTS) and ft.info.extra["config"]["distill_weight"] == 0.5
+    from training.export import export_checkpoint
+    last = load_model(str(export_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "last.safetensors")), device="cpu")
+    assert last.info.extra["steps"] == 5 and last.info.default_strategy == "mask+box:5:6"
 
 
 def test_full_fine_tuning_trains_the_encoder_and_exports_it(model, smoke_data, tmp_path):
