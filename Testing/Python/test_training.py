@@ -242,3 +242,14 @@ def test_full_fine_tuning_trains_the_encoder_and_exports_it(model, smoke_data, t
     from safetensors import safe_open
     with safe_open(res["export"], "pt") as f:
         assert any(k.startswith("image_encoder.") for k in f.keys())
+
+
+def test_validation_during_training_decodes_with_the_live_weights(model, smoke_data):
+    """A fast decoder (an exported graph) is built once per model object and keeps the
+    weights it was built with: validation of a model in training must decode eagerly."""
+    from training.data import load_shards
+    from training.validate import engine_for
+    out, store = smoke_data
+    sh = load_shards([out / "abdomen_eval.npz"])[0]
+    eng = engine_for(model, sh, store[sh.name], fast=False)
+    assert eng.decode_fn == model.decode
