@@ -84,6 +84,8 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
     from RadSAMLib.models import load_model
     from tqdm import tqdm
 
+    if cfg.prompt_mix.get("random_box", 0) > 0 and not cfg.distill_weight:
+        raise ValueError("prompt kind 'random_box' needs distill_weight > 0 (it has no label to learn)")
     torch.manual_seed(cfg.seed)
     if cfg.mask_prompt_grow:  # validate and ship with the mask prompts it was trained on
         cfg.val_strategies = [with_grow(v, cfg.mask_prompt_grow) for v in cfg.val_strategies]
@@ -192,8 +194,6 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
                 emb = batch_embeddings(store, shards, b)
             logits, iou = decode_batch(model, emb, b.get("box"), b.get("points"), b.get("labels"), b.get("mask"))
         if b["kind"] == "random_box":
-            if teacher is None:
-                raise ValueError("prompt kind 'random_box' needs distill_weight > 0 (it has no label to learn)")
             d = distill_loss(teacher, b, logits, cfg.amp and dev.type == "cuda", emb if not full else None)
             loss, parts = cfg.distill_weight * d, {"primary": d.item(), "alt": 0.0, "iou_mse": 0.0}
         else:

@@ -208,6 +208,9 @@ def test_grown_mask_prompts_distillation_and_init_from(model, smoke_data, tmp_pa
                       val_every=5, prompt_mix={"mask+box": 0.5, "random_box": 0.5}, mask_prompt_grow=6.0, distill_weight=0.5,
                       init_from=str(WEIGHTS))
     res = run(cfg, log=lambda *a: None, store=store)
+    with pytest.raises(ValueError, match="distill_weight"):  # refused before any work, not mid-run
+        run(Config(prompt_mix={"random_box": 1.0}, out_dir=str(tmp_path / "none")), log=lambda *a: None)
+    assert not (tmp_path / "none").exists()
     kinds = [line.split(",")[1] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
     assert "random_box" in kinds and "mask+box" in kinds, kinds
     ft = load_model(res["export"], device="cpu")
