@@ -256,3 +256,29 @@ def test_validation_during_training_decodes_with_the_live_weights(model, smoke_d
     sh = load_shards([out / "abdomen_eval.npz"])[0]
     eng = engine_for(model, sh, store[sh.name], fast=False)
     assert eng.decode_fn == model.decode
+
+
+def test_interpolated_delta_lies_between_base_and_delta(model, tmp_path):
+    if not WEIGHTS.is_file():
+        pytest.skip("no bundled RadSAM delta")
+    from RadSAMLib.models import load_model
+    from RadSAMLib.models.registry import read_delta
+    from training.export import interpolate
+    delta, _ = read_delta(WEIGHTS)
+    base = {k: v.detach().to(torch.float16) for k, v in model.named_parameters() if k in delta}
+    moved = [k for k in delta if not torch.equal(delta[k], base[k])]
+    assert moved, "the bundled delta equals its base"
+    out = {a: read_delta(interpolate(WEIGHTS, a, tmp_path / f"a{a}.safetensors", "mask+box:5")) for a in (0.0, 0.5, 1.0)}
+    for k in moved[:20]:
+        assert torch.equal(out[0.0][0][k], base[k])
+        assert torch.equal(out[1.0][0][k], delta[k])
+        mid = (base[k].float() + delta[k].float()) / 2
+        assert torch.allclose(out[0.5][0][k].float(), mid, atol=2e-3, rtol=2e-3)
+    rec = out[0.5][1]
+    assert rec["interpolation"]["alpha"] == 0.5 and rec["default_strategy"] == "mask+box:5"
+    assert len(rec["interpolation"]["delta_sha256"]) == 64
+    m = load_model(str(tmp_path / "a0.5.safetensors"), device="cpu")
+    assert m.info.default_strategy == "mask+box:5"
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate(WEIGHTS, 1.5, tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
