@@ -76,11 +76,14 @@ def interpolate(delta, alpha: float, out, default_strategy: str | None = None) -
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     tensors, rec = read_delta(delta)
+    # Through the loader, not the raw tensors: it refuses a delta made on another base
+    # (SHA-256) or with tensors the base lacks, and interpolating those would be silent.
+    tuned = dict(load_model(str(delta), device="cpu").named_parameters())
     model = load_model(rec["base_model"], device="cpu")
     own = dict(model.named_parameters())
     with torch.no_grad():
-        for k, v in tensors.items():
-            own[k].lerp_(v.to(own[k].dtype), alpha)
+        for k in tensors:
+            own[k].lerp_(tuned[k], alpha)
     parts = sorted({k.split(".")[0] for k in tensors})
     record = {"base_model": rec["base_model"],
               "default_strategy": default_strategy or rec.get("default_strategy", "mask+box"),
