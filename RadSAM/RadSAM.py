@@ -20,8 +20,8 @@ from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
 # (label, RadSAMLib model name, needs a checkpoint file)
 MODELS = (
-    ("LiteMedSAM (default)", "litemedsam", False),
-    ("RadSAM fine-tuned (bundled)", "radsam", False),
+    ("RadSAM (default: LiteMedSAM fine-tuned for mask prompts)", "radsam", False),
+    ("LiteMedSAM (base model)", "litemedsam", False),
     ("SAM ViT-B (checkpoint file)", "sam_vit_b", True),
     ("SAM ViT-L (checkpoint file)", "sam_vit_l", True),
     ("SAM ViT-H (checkpoint file)", "sam_vit_h", True),
@@ -54,7 +54,7 @@ class RadSAM(ScriptedLoadableModule):
         self.parent.contributors = ["RadSAM contributors"]
         self.parent.helpText = (
             "Segment a whole 3D organ in a CT from one prompt (a box or points on one slice) and the "
-            "organ's bottom and top slices, with a 2D promptable model (LiteMedSAM by default) "
+            "organ's bottom and top slices, with a 2D promptable model (LiteMedSAM fine-tuned for mask prompts, by default) "
             "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step.")
         self.parent.acknowledgementText = (
             "Uses LiteMedSAM (MedSAM, Ma et al., Nature Communications 2024) and Segment Anything (Meta AI).")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import DEFAULT_MODEL, __version__
 from .errors import PromptError, RadSAMError
 from .prompts import SlicePrompt
 
@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):
-        sp.add_argument("--model", default="litemedsam",
-                        help="litemedsam (default, bundled), radsam (fine-tuned, bundled), sam_vit_b/l/h, or a .safetensors RadSAM checkpoint")
+        sp.add_argument("--model", default=DEFAULT_MODEL,
+                        help="radsam (default: LiteMedSAM fine-tuned for mask prompts, bundled), litemedsam (the base, "
+                             "bundled), sam_vit_b/l/h, or a .safetensors RadSAM checkpoint")
         sp.add_argument("--checkpoint", help="weights file for sam_vit_* (or another LiteMedSAM .pth)")
         sp.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
 

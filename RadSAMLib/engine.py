@@ -160,19 +160,30 @@ class SliceEngine:
         return sum(t.numel() * t.element_size() for t in self._cache.values())
 
     # -- prediction --------------------------------------------------------------------
-    @torch.no_grad()
     def predict(self, idx: int, prompt: SlicePrompt) -> SliceResult:
         """Run the model on slice ``idx`` with ``prompt`` (slice pixel coordinates)."""
+        return self.predict_best(idx, [prompt])
+
+    @torch.no_grad()
+    def predict_best(self, idx: int, prompts) -> SliceResult:
+        """Ask slice ``idx`` with each of ``prompts``; the answer whose primary mask has the
+        highest predicted IoU wins (the first on a tie). Only the winner is mapped back to
+        the slice: that resampling costs about as much as the decoder itself."""
         f = self.frame
-        box = None if prompt.box is None else f.box_to_model(prompt.box)
-        pts = labs = None
-        if prompt.points:
-            pts = f.slice_to_model(np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2))
-            labs = np.asarray(prompt.labels, dtype=np.float32)
-        mask = None
-        if prompt.mask is not None and prompt.mask.any():
-            mask = f.mask_to_model(prompt.mask, size=self.model.mask_input_size)
-        logits, scores = self.decode_fn(self.embedding(idx), box=box, points=pts, labels=labs, mask=mask)
+        best = None
+        for prompt in prompts:
+            box = None if prompt.box is None else f.box_to_model(prompt.box)
+            pts = labs = None
+            if prompt.points:
+                pts = f.slice_to_model(np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2))
+                labs = np.asarray(prompt.labels, dtype=np.float32)
+            mask = None
+            if prompt.mask is not None and prompt.mask.any():
+                mask = f.mask_to_model(prompt.mask, size=self.model.mask_input_size)
+            logits, scores = self.decode_fn(self.embedding(idx), box=box, points=pts, labels=labs, mask=mask)
+            scores = scores.float().cpu().numpy()
+            if best is None or scores[0] > best[1][0]:
+                best = (logits, scores)
+        logits, scores = best
         on_slice = f.logits_to_slice(logits).cpu()
-        return SliceResult(masks=(on_slice > 0).numpy(), scores=scores.float().cpu().numpy(),
-                           logits=on_slice[0].numpy())
+        return SliceResult(masks=(on_slice > 0).numpy(), scores=scores, logits=on_slice[0].numpy())

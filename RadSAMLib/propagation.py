@@ -7,6 +7,11 @@ Strategies, i.e. how the previous slice's mask becomes the next slice's prompt:
   SAM/MedSAM baseline). A tight box (margin 0) shrinks the object slice after slice: the
   base model was trained on boxes with slack around the object.
 * ``mask+box``: both at once.
+* ``hybrid``: the model is asked twice, with ``mask+box`` and with ``box`` alone, and the
+  answer it scores higher (its predicted IoU) wins. A mask prompt keeps thin and
+  low-contrast objects that a box loses to their neighbours; a box with slack lets an
+  object grow back where a model given its neighbour's mask answers a little smaller on
+  every slice. The decoder is cheap next to the encoder, so asking twice costs little.
 
 A mask prompt can be grown by ``grow`` model-frame pixels before it is given, the mask
 counterpart of the box margin: measured on the abdominal example, the head-and-neck
@@ -16,18 +21,18 @@ stopped that (stomach 0.47 -> 0.86-0.87 3D Dice). A model trained with grown mas
 (``training`` config ``mask_prompt_grow``) names its grow in its default strategy.
 
 Spec strings: ``box``, ``box:5`` (margin 5), ``mask``, ``mask+box``, ``mask+box:5:4``
-(margin 5, mask grown 4), ``mask::4`` (mask alone, grown 4).
+(margin 5, mask grown 4), ``mask::4`` (mask alone, grown 4), ``hybrid:5``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import RadSAMError
 from .prompts import SlicePrompt, box_of_mask
 
-STRATEGIES = ("mask", "box", "mask+box")
+STRATEGIES = ("mask", "box", "mask+box", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -61,20 +66,36 @@ class Strategy:
             raise RadSAMError(f"strategy '{spec}': margin and grow cannot be negative")
         return cls(kind=kind, **kw)
 
+    @property
+    def uses_box(self) -> bool:
+        return self.kind != "mask"
+
+    @property
+    def uses_mask(self) -> bool:
+        return self.kind != "box"
+
     def spec(self) -> str:
         """The spec string that parses back to this strategy."""
-        margin = f"{self.margin:g}" if "box" in self.kind else ""
-        grow = f":{self.grow:g}" if self.grow and "mask" in self.kind else ""
+        margin = f"{self.margin:g}" if self.uses_box else ""
+        grow = f":{self.grow:g}" if self.grow and self.uses_mask else ""
         return f"{self.kind}:{margin}{grow}" if margin or grow else self.kind
+
+    def candidates(self, prev: np.ndarray, scale: float) -> list:
+        """The prompts a propagated slice is asked with; the best-scored answer wins
+        (one prompt, except for ``hybrid``: its ``mask+box`` and its ``box``)."""
+        if self.kind != "hybrid":
+            return [self.prompt_from_mask(prev, scale)]
+        return [self.prompt_from_mask(prev, scale), replace(self, kind="box").prompt_from_mask(prev, scale)]
 
     def prompt_from_mask(self, prev: np.ndarray, scale: float, extra_points=(), extra_labels=()) -> SlicePrompt:
         """The prompt for a slice whose neighbour (or own previous result) is ``prev``.
 
         ``scale`` is model-frame pixels per slice pixel. Positive ``extra_points`` widen
         the box so a correction outside the previous mask is inside the box prompt.
+        ``hybrid`` gives its ``mask+box`` prompt here (see :meth:`candidates`).
         """
         box = None
-        if "box" in self.kind:
+        if self.uses_box:
             grow = self.margin / scale
             pos = [p for p, lab in zip(extra_points, extra_labels) if lab == 1]
             region = prev
@@ -84,7 +105,7 @@ class Strategy:
                     region[int(round(y)), int(round(x))] = True
             box = box_of_mask(region, margin=grow)
         mask = None
-        if "mask" in self.kind:
+        if self.uses_mask:
             mask = grow_mask(prev, self.grow / scale) if self.grow else prev
         return SlicePrompt(box=box, points=list(extra_points), labels=list(extra_labels), mask=mask)
 

@@ -336,9 +336,9 @@ class Session:
         r, n = best
         order = [n] + [i for i in range(4) if i != n]
         masks = r.masks[order]
-        if prev.any() and not self.model.info.mask_prompt_trained:
+        if prev.any():
             masks = masks.copy()
-            masks[0] = _local_edit(prev, masks[0], xy)
+            masks[0] = _local_edit(prev, masks[0], xy, labs)
         return SliceResult(masks=masks, scores=r.scores[order], logits=r.logits)
 
     def _propagate(self, start: int, direction: int, converge: bool = False):
@@ -360,7 +360,7 @@ class Session:
                 self._write(k, None, source=start)
                 k += direction
                 continue
-            r = self.engine.predict(k, s.prompt_from_mask(prev, self.engine.frame.scale))
+            r = self.engine.predict_best(k, s.candidates(prev, self.engine.frame.scale))
             if not bounded and (r.score < s.min_score or r.mask.sum() < s.min_pixels):
                 self._write(k, None)
                 return
@@ -372,15 +372,25 @@ class Session:
             k += direction
 
 
-def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray) -> np.ndarray:
-    """Keep ``new`` only near the clicks and ``prev`` elsewhere. A model never trained with
-    clicks (the base LiteMedSAM saw boxes only) answers a click by redrawing the whole
-    slice, often worse; a click is a local correction, so only its neighbourhood (radius:
-    half the object's equivalent diameter, at least 3 pixels) may change."""
+def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray, labels) -> np.ndarray:
+    """``prev`` changed by ``new`` only where the user asked: near a positive click ``new``
+    may only add, near a negative click it may only remove, and nothing else changes.
+
+    A click is a local fact. The base LiteMedSAM (trained on boxes only) answers a click by
+    redrawing the whole slice, often worse, and even the fine-tune, given a negative click
+    on a leak, grew the liver's edge elsewhere (+216 pixels for 141 removed). Near: within
+    half the object's equivalent diameter (at least 3 pixels) of the click."""
     radius = max(3.0, 0.5 * np.sqrt(4.0 * prev.sum() / np.pi))
     rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
-    near = np.zeros(prev.shape, bool)
-    for x, y in clicks:
-        near |= (cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2
-    return np.where(near, new, prev)
-
+    out = prev.copy()
+    for (x, y), lab in zip(clicks, labels):
+        near = (cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2
+        if lab:
+            out |= near & new
+        else:
+            out &= ~(near & ~new)
+    # The clicked pixel is the user's own statement: it holds even where no answer of the
+    # model does (else a click could change nothing at all).
+    for (x, y), lab in zip(clicks, labels):
+        out[int(y), int(x)] = bool(lab)
+    return out

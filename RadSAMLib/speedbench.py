@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import DEFAULT_MODEL
+
 # The liver of the abdominal example spans 62 coronal slices (axis 1): a 60-slice run of
 # real CT slices (30 x 122 pixels each) on an object the base model follows reliably.
 DEFAULT_VOLUME = "totalseg_example/ct.nii.gz"
@@ -368,7 +370,7 @@ def format_table(rows) -> str:
 
 # -- CLI -------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="litemedsam", help="litemedsam (default), radsam, sam_vit_b/l/h")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="radsam (default), litemedsam, sam_vit_b/l/h")
     p.add_argument("--checkpoint", help="weights for sam_vit_* (or use --random-weights)")
     p.add_argument("--random-weights", action="store_true", help="SAM ViT with random weights (speed only)")
     p.add_argument("--devices", default="auto", help="comma list: cpu,cuda (auto: cpu, plus cuda if present)")

@@ -87,7 +87,9 @@ def interpolate(delta, alpha: float, out, default_strategy: str | None = None) -
     parts = sorted({k.split(".")[0] for k in tensors})
     record = {"base_model": rec["base_model"],
               "default_strategy": default_strategy or rec.get("default_strategy", "mask+box"),
-              "interpolation": {"alpha": alpha, "delta": Path(delta).name, "delta_sha256": sha256_of(Path(delta))}}
+              "interpolation": {"alpha": alpha, "delta": Path(delta).name, "delta_sha256": sha256_of(Path(delta))},
+              # what the delta was trained with, so the interpolated file still names its data
+              "source": {k: rec[k] for k in ("run", "config", "data", "steps", "validation_dice") if k in rec}}
     return export_delta(model, parts, out, record)
 
 

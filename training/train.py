@@ -50,7 +50,7 @@ def with_grow(spec: str, grow: float) -> str:
 
     from RadSAMLib.propagation import Strategy
     st = Strategy.parse(spec)
-    return replace(st, grow=grow).spec() if "mask" in st.kind and not st.grow else spec
+    return replace(st, grow=grow).spec() if st.uses_mask and not st.grow else spec
 
 
 def init_weights(model, cfg: Config) -> None:

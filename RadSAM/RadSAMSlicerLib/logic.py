@@ -28,7 +28,7 @@ class ModelSpec:
     """Which model: a RadSAMLib name (``litemedsam``, ``radsam``, ``sam_vit_b``...), an
     optional checkpoint file and a device (``auto``, ``cpu``, ``cuda``)."""
 
-    name: str = "litemedsam"
+    name: str = "radsam"  # RadSAMLib.DEFAULT_MODEL, not imported: RadSAMLib may not be installed yet
     checkpoint: str | None = None
     device: str = "auto"
 

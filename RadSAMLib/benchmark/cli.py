@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import DEFAULT_MODEL
 from ..errors import RadSAMError
 
 RESULTS_VERSION = 1
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None, help="labels by name or value, comma-separated (default: all)")
     p.add_argument("--cases", default=None, help="case names, comma-separated, or N for the first N (default: all)")
     p.add_argument("--model", action="append", default=None, metavar="NAME[=CHECKPOINT]",
-                   help="model to benchmark, repeatable: litemedsam (default), radsam, a RadSAM .safetensors "
+                   help="model to benchmark, repeatable: radsam (default), litemedsam, a RadSAM .safetensors "
                         "path, or sam_vit_b=/path/to/checkpoint.pth")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--strategies", default="box,mask,mask+box",
@@ -75,7 +76,7 @@ def _command_line() -> str:
 
 def _model_specs(specs):
     out = []
-    for s in specs or ["litemedsam"]:
+    for s in specs or [DEFAULT_MODEL]:
         name, _, ckpt = s.partition("=")
         label = Path(name).stem if name.endswith(".safetensors") else name
         out.append((label, name, ckpt or None))

@@ -143,23 +143,30 @@ def _prompt_key(idx, p):
 
 
 class _Decoder:
-    """Wraps ``engine.predict``: times real decoder calls and reuses identical ones."""
+    """Wraps ``engine.predict`` and ``engine.predict_best``: times real decoder calls and
+    reuses identical ones."""
 
     def __init__(self, engine, size: int = 256):
-        self.engine, self.predict, self.size = engine, engine.predict, size
+        self.engine, self.size = engine, size
+        self.predict, self.predict_best = engine.predict, engine.predict_best
         self.memo = OrderedDict()
         self.calls = self.hits = 0
         self.seconds = 0.0
 
     def __call__(self, idx, prompt):
-        key = _prompt_key(idx, prompt)
+        return self._memo(_prompt_key(idx, prompt), self.predict, idx, prompt)
+
+    def best(self, idx, prompts):
+        return self._memo(tuple(_prompt_key(idx, p) for p in prompts), self.predict_best, idx, prompts)
+
+    def _memo(self, key, fn, *args):
         r = self.memo.get(key)
         if r is not None:
             self.memo.move_to_end(key)
             self.hits += 1
             return r
         t = time.perf_counter()
-        r = self.predict(idx, prompt)
+        r = fn(*args)
         self.seconds += time.perf_counter() - t
         self.calls += 1
         self.memo[key] = r
@@ -168,11 +175,12 @@ class _Decoder:
         return r
 
     def __enter__(self):
-        self.engine.predict = self      # instance attribute shadows the method
+        # instance attributes shadow the methods
+        self.engine.predict, self.engine.predict_best = self, self.best
         return self
 
     def __exit__(self, *exc):
-        del self.engine.predict
+        del self.engine.predict, self.engine.predict_best
         self.memo.clear()
 
 

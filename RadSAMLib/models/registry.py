@@ -20,11 +20,15 @@ from pathlib import Path
 
 import torch
 
+from .. import DEFAULT_MODEL
 from ..errors import CheckpointError, RadSAMError
 from .base import ModelInfo, SamFamilyModel
 
 MODEL_NAMES = ("litemedsam", "radsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
 BUNDLED_RADSAM = Path(__file__).resolve().parent.parent / "weights" / "radsam_litemedsam.safetensors"
+# Checked before the bundled delta loads, as the base's is: a damaged install (a truncated
+# copy, a Git LFS pointer) is named, not turned into a model that segments badly.
+BUNDLED_RADSAM_SHA256 = "282dddcc6feabbd0dfc5ec8a31923d1bdb5cd33e43086c2b4c24c2958f2ac6a4"
 
 # The base model's propagation default until the benchmark measured otherwise: a box
 # around the previous mask, grown by a margin (the mask prompt needs a trained model).
@@ -149,7 +153,12 @@ def read_delta(path) -> tuple[dict, dict]:
 
 
 def _build_radsam(path, base_checkpoint=None) -> SamFamilyModel:
-    path = Path(path) if path else BUNDLED_RADSAM
+    if not path:
+        path = BUNDLED_RADSAM
+        if path.is_file() and _cached_sha(path) != BUNDLED_RADSAM_SHA256:
+            raise CheckpointError(f"the bundled RadSAM weights {path} fail their SHA-256 check (corrupt install?): "
+                                  "reinstall RadSAM")
+    path = Path(path)
     tensors, record = read_delta(path)
     base_name = record["base_model"]
     if base_name == "litemedsam":
@@ -189,7 +198,7 @@ def _cached_sha(path) -> str:
     return _SHA_CACHE[key]
 
 
-def load_model(name: str = "litemedsam", checkpoint=None, device="auto", base_checkpoint=None) -> SamFamilyModel:
+def load_model(name: str = DEFAULT_MODEL, checkpoint=None, device="auto", base_checkpoint=None) -> SamFamilyModel:
     """Build and load a model, in eval mode on ``device``.
 
     ``name`` is one of :data:`MODEL_NAMES`; a path ending in ``.safetensors`` is taken as a

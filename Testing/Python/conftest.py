@@ -58,3 +58,23 @@ def abdomen_engine(model, abdomen):
     eng = SliceEngine(model, abdomen[1], axis=0)
     eng.encode_slices(range(eng.num_slices))
     return eng
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The model users get when they name none (RadSAMLib.DEFAULT_MODEL)."""
+    from RadSAMLib.models import load_model
+    return load_model(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def default_engine(default_model, model, abdomen, abdomen_engine):
+    """SliceEngine of the default model over the abdominal CT, sharing ``abdomen_engine``'s
+    embeddings: the bundled fine-tune keeps the base image encoder (checked), so the
+    slices are not encoded twice."""
+    from RadSAMLib.accel.cache import weights_sha256
+    from RadSAMLib.engine import SliceEngine
+    eng = SliceEngine(default_model, abdomen[1], axis=0)
+    if weights_sha256(default_model.image_encoder) == weights_sha256(model.image_encoder):
+        eng._cache = abdomen_engine._cache
+    return eng

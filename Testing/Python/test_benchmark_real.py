@@ -77,7 +77,7 @@ def test_cli_end_to_end_with_resume(tiny_pack, tmp_path, model, monkeypatch):
     from RadSAMLib.benchmark import cli, protocol
     monkeypatch.setattr(models, "load_model", lambda *a, **k: model)
     out = tmp_path / "out"
-    argv = [str(tiny_pack), "--out", str(out), "--strategies", "box", "--prompts", "box", "--edits", "1",
+    argv = [str(tiny_pack), "--out", str(out), "--model", "litemedsam", "--strategies", "box", "--prompts", "box", "--edits", "1",
             "--slice-edits", "1", "--seed", "3"]
     real = protocol.run_case
     calls = []

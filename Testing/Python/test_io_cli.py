@@ -122,6 +122,17 @@ def test_checkpoint_errors_are_named(tmp_path):
         load_model("sam_vit_q")
 
 
+def test_bundled_radsam_weights_are_checked_by_hash(tmp_path, monkeypatch):
+    """The bundled delta is the one whose SHA-256 the code names; a damaged copy is refused."""
+    from RadSAMLib.models import registry
+    assert registry.sha256_of(registry.BUNDLED_RADSAM) == registry.BUNDLED_RADSAM_SHA256
+    damaged = tmp_path / "radsam_litemedsam.safetensors"
+    damaged.write_bytes(registry.BUNDLED_RADSAM.read_bytes()[:-10])
+    monkeypatch.setattr(registry, "BUNDLED_RADSAM", damaged)
+    with pytest.raises(CheckpointError, match="bundled RadSAM weights .* SHA-256"):
+        load_model("radsam")
+
+
 def test_pickled_code_is_never_executed(tmp_path):
     import pickle
     evil = tmp_path / "evil.pth"

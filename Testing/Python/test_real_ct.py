@@ -1,4 +1,5 @@
-"""Segmentation quality on real CT with the bundled default model (LiteMedSAM).
+"""Segmentation quality on real CT with the default model (RadSAMLib.DEFAULT_MODEL: the
+bundled fine-tune, with its default strategy).
 
 Prompts are declared as data (the simulated user of the issue: a box on the organ's
 largest slice plus its true bottom/top slices); results are checked against the reference
@@ -13,6 +14,9 @@ from RadSAMLib.session import Session
 from conftest import ABDOMEN_ORGANS, dice
 
 MIN_DICE = 0.85
+# The stomach is where models fine-tuned for mask prompts failed (it shrank slice after
+# slice, 3D Dice 0.46-0.50) until the shipped ``hybrid`` strategy (docs/benchmark/training.md).
+ORGANS = ABDOMEN_ORGANS | {6: "stomach"}
 
 
 def organ_prompt(label, value):
@@ -23,22 +27,22 @@ def organ_prompt(label, value):
 
 
 @pytest.fixture(scope="module")
-def propagated(model, abdomen, abdomen_engine):
+def propagated(default_model, abdomen, default_engine):
     """{organ: (session, gt)} after volume-level propagation with the model's default strategy."""
     out = {}
-    for value, name in ABDOMEN_ORGANS.items():
+    for value, name in ORGANS.items():
         gt, k, prompt, bounds = organ_prompt(abdomen[2], value)
-        s = Session(model, abdomen[1], engine=abdomen_engine)
+        s = Session(default_model, abdomen[1], engine=default_engine)
         s.segment(k, prompt, bounds=bounds)
         out[name] = (s, gt)
     return out
 
 
-@pytest.mark.parametrize("organ", list(ABDOMEN_ORGANS.values()))
+@pytest.mark.parametrize("organ", list(ORGANS.values()))
 def test_one_box_segments_the_whole_organ(propagated, organ):
     s, gt = propagated[organ]
     d = dice(s.mask, gt)
-    print(f"{organ}: 3D Dice {d:.3f} ({s.strategy.kind}:{s.strategy.margin:g})")
+    print(f"{organ}: 3D Dice {d:.3f} ({s.model.info.name} {s.strategy.spec()})")
     assert d >= MIN_DICE, f"{organ} 3D Dice {d:.3f} < {MIN_DICE}"
 
 
@@ -53,7 +57,7 @@ def correction_point(mask, gt):
     return (float(x), float(y)), positive
 
 
-@pytest.mark.parametrize("organ", list(ABDOMEN_ORGANS.values()))
+@pytest.mark.parametrize("organ", list(ORGANS.values()))
 def test_an_edit_on_the_worst_slice_does_not_lower_dice(propagated, organ):
     s, gt = propagated[organ]
     before = dice(s.mask, gt)
@@ -70,17 +74,17 @@ def test_an_edit_on_the_worst_slice_does_not_lower_dice(propagated, organ):
     np.testing.assert_array_equal(s.mask, snapshot)
 
 
-def test_slice_level_box_prompting(model, abdomen, abdomen_engine):
+def test_slice_level_box_prompting(default_model, abdomen, default_engine):
     gt = abdomen[2] == 5
     ks = np.nonzero(gt.any(axis=(1, 2)))[0]
-    s = Session(model, abdomen[1], engine=abdomen_engine)
+    s = Session(default_model, abdomen[1], engine=default_engine)
     s.segment_slices({int(k): SlicePrompt(box=box_of_mask(gt[k], margin=1, shape=gt[k].shape)) for k in ks})
     assert dice(s.mask, gt) >= MIN_DICE
 
 
-def test_mask_prompt_from_a_previous_segmentation(model, abdomen, abdomen_engine):
+def test_mask_prompt_from_a_previous_segmentation(default_model, abdomen, default_engine):
     """The Slicer "Mask" button / --mask-prompt: an existing mask on one slice is the prompt."""
     gt, k, _, bounds = organ_prompt(abdomen[2], 5)
-    s = Session(model, abdomen[1], engine=abdomen_engine)
+    s = Session(default_model, abdomen[1], engine=default_engine)
     s.segment(k, SlicePrompt(mask=gt[k]), bounds=bounds)
     assert dice(s.mask, gt) >= MIN_DICE

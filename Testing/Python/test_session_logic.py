@@ -5,6 +5,7 @@ expected mask here is known in advance; segmentation quality is tested on real C
 test_real_ct.py.
 """
 import numpy as np
+import torch
 import pytest
 
 from RadSAMLib.engine import SliceEngine
@@ -201,19 +202,19 @@ def test_prefetch_encodes_each_slice_once(volume):
     assert m.encode_calls == K and eng.encode_count == K
 
 
-def test_click_on_a_model_not_trained_for_clicks_changes_only_its_neighbourhood(volume):
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_click_changes_only_its_neighbourhood_and_a_negative_one_only_removes(volume, trained):
     class Redrawing(FakeModel):
-        """Answers any prompt with clicks by shifting its whole answer 2 pixels: a
+        """Answers any prompt with clicks by shifting its whole answer 2 pixels up-left: a
         whole-slice redraw, as the base model (trained on boxes only) tends to do."""
         def decode(self, embedding, box=None, points=None, labels=None, mask=None):
             logits, scores = super().decode(embedding, box, points, labels, mask)
             if points is not None and len(points):
-                logits = torch.roll(logits, shifts=(8, 8), dims=(1, 2))
+                logits = torch.roll(logits, shifts=(-8, -8), dims=(1, 2))
             return logits, scores
 
-    import torch
     m = Redrawing(strategy="box:5")
-    m.info.mask_prompt_trained = False
+    m.info.mask_prompt_trained = trained
     s = Session(m, volume)
     s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(5, 5))
     prev = s.slice_mask(5)
@@ -222,8 +223,9 @@ def test_click_on_a_model_not_trained_for_clicks_changes_only_its_neighbourhood(
     radius = 0.5 * np.sqrt(4 * prev.sum() / np.pi)
     rows, cols = np.ogrid[:J, :I]
     far = (cols - 30) ** 2 + (rows - 20) ** 2 > radius ** 2
-    np.testing.assert_array_equal(new[far], prev[far])
-    assert (new != prev).any()
+    np.testing.assert_array_equal(new[far], prev[far])   # the redraw far away is not taken
+    assert not new[20, 30] and (prev & ~new).any()       # the clicked corner is removed...
+    assert not (new & ~prev).any()                       # ...and nothing is added
 
 
 def test_edit_progress_counts_the_slices_it_will_rewrite(volume):
@@ -244,7 +246,7 @@ def test_strategy_specs_and_mask_grow():
     from RadSAMLib.errors import RadSAMError
     from RadSAMLib.propagation import Strategy, grow_mask
     for spec, kind, margin, grow in [("box", "box", 5, 0), ("box:3", "box", 3, 0), ("mask+box:5:4", "mask+box", 5, 4),
-                                     ("mask::6", "mask", 5, 6)]:
+                                     ("mask::6", "mask", 5, 6), ("hybrid:5:2", "hybrid", 5, 2)]:
         st = Strategy.parse(spec)
         assert (st.kind, st.margin, st.grow) == (kind, margin, grow)
         assert Strategy.parse(st.spec()) == st
@@ -260,3 +262,33 @@ def test_strategy_specs_and_mask_grow():
     assert not grown.mask[16, 26]  # round, not square: the corner grows by less than 3 px per axis
     assert np.array_equal(grow_mask(prev, 0.5), prev) and not grow_mask(np.zeros((5, 5), bool), 3).any()
     assert replace(Strategy.parse("mask"), grow=4).spec() == "mask::4" and Strategy.parse("mask").spec() == "mask"
+
+
+class _PicksOneKind(FakeModel):
+    """Segments only the mask prompt when given one (the box is ignored), else the box;
+    predicts a higher IoU for the prompt kind ``favoured`` ("mask" or "box")."""
+
+    def __init__(self, favoured):
+        super().__init__(strategy="hybrid:5")
+        self.favoured = favoured
+
+    def decode(self, embedding, box=None, points=None, labels=None, mask=None):
+        logits, _ = super().decode(embedding, box=None if mask is not None else box, points=points,
+                                   labels=labels, mask=mask)
+        hi = (mask is not None) == (self.favoured == "mask")
+        return logits, torch.tensor([0.9 if hi else 0.6, 0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("favoured", ["mask", "box"])
+def test_hybrid_keeps_the_answer_the_model_scores_higher(volume, favoured):
+    """``hybrid`` asks with ``mask+box`` and with ``box`` and keeps the better-scored
+    answer: the mask answer repeats the prompt slice exactly; the box answer (margin 5
+    model px = 1.25 slice px here, so 1 px after rounding) grows by a pixel per slice."""
+    s = Session(_PicksOneKind(favoured), volume)
+    assert s.strategy.kind == "hybrid"
+    box = (20, 15, 30, 25)
+    s.segment(5, SlicePrompt(box=box), bounds=(5, 7))
+    for k, grow in [(5, 0), (6, 1), (7, 2)]:
+        x0, y0, x1, y1 = box
+        g = grow if favoured == "box" else 0
+        np.testing.assert_array_equal(s.mask[k].astype(bool), box_mask((x0 - g, y0 - g, x1 + g, y1 + g)), err_msg=f"slice {k}")

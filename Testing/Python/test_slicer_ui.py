@@ -111,3 +111,18 @@ def test_parser_catches_a_missing_widget(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "MODULE", fake)
     with pytest.raises(AssertionError, match="segmentButtonTypo"):
         test_every_widget_the_code_uses_exists_with_the_right_class()
+
+
+def test_the_module_defaults_to_radsamlibs_default_model():
+    """The widget's first model choice and the logic's ModelSpec name RadSAMLib.DEFAULT_MODEL
+    (written out there: RadSAMLib may not be installed when Slicer loads the module)."""
+    import sys
+
+    from RadSAMLib import DEFAULT_MODEL
+    tree = ast.parse(MODULE.read_text())
+    models = next(ast.literal_eval(n.value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "MODELS" for t in n.targets))
+    assert models[0][1] == DEFAULT_MODEL and "default" in models[0][0].lower()
+    sys.path.insert(0, str(ROOT / "RadSAM"))
+    from RadSAMSlicerLib import ModelSpec
+    assert ModelSpec().name == DEFAULT_MODEL

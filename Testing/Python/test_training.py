@@ -150,7 +150,9 @@ def test_bundled_delta_is_small_and_names_its_base():
     tensors, record = read_delta(WEIGHTS)
     assert WEIGHTS.stat().st_size <= 10 * 2**20
     assert record["base_model"] == "litemedsam" and len(record["base_sha256"]) == 64
-    assert record["default_strategy"] in ("mask", "mask+box")
+    from RadSAMLib.propagation import Strategy
+    assert Strategy.parse(record["default_strategy"]).uses_mask   # a mask-prompt model propagates with masks
+    assert record["ships_as_default"] and record["evaluation"]["file"]
     assert all(k.split(".")[0] in ("prompt_encoder", "mask_decoder") for k in tensors)
     assert all(t.dtype == torch.float16 for t in tensors.values())
     side = json.loads(WEIGHTS.with_suffix(".json").read_text())
