@@ -369,7 +369,10 @@ class SlowEngine:
         return getattr(self._engine, name)
 
     def predict(self, idx, prompt):
-        r = self._engine.predict(idx, prompt)
+        return self.predict_best(idx, [prompt])
+
+    def predict_best(self, idx, prompts):   # what propagation calls
+        r = self._engine.predict_best(idx, prompts)
         time.sleep(self._pause)
         return r
 

@@ -159,16 +159,13 @@ def test_bundled_delta_is_small_and_names_its_base():
     assert side["base_sha256"] == record["base_sha256"]
 
 
-def test_bundled_delta_segments_a_real_organ(abdomen, abdomen_engine):
+def test_bundled_delta_segments_a_real_organ(abdomen, default_model, default_engine):
     if not WEIGHTS.is_file():
         pytest.skip("no bundled RadSAM delta")
-    from RadSAMLib.engine import SliceEngine
-    from RadSAMLib.models import load_model
     from RadSAMLib.prompts import SlicePrompt, box_of_mask
-    ft = load_model("radsam", device="cpu")
-    _, hu, lab, _ = abdomen
-    eng = SliceEngine(ft, hu, axis=0)
-    eng._cache = abdomen_engine._cache   # the delta keeps the base encoder: same embeddings
+    assert default_model.info.name == "radsam"   # the default is the bundled delta
+    eng = default_engine
+    lab = abdomen[2]
     gt = lab == 3                        # left kidney: the neighbour's mask prompts the next slice
     zs = np.nonzero(gt.reshape(len(gt), -1).any(1))[0]
     z = int(zs[len(zs) // 2])
