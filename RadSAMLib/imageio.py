@@ -69,17 +69,19 @@ def _quiet_itk():
     said: list = []
     warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    fd = 2  # ITK's std::cerr is the process's stderr, whatever Python's sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = None  # no real stderr (embedded, captured): nothing to redirect
+        os.fstat(fd)
+    except OSError:
+        fd = None  # no stderr at all (a GUI process): nothing to redirect
     if fd is None:
         try:
             yield said
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
         return
-    sys.stderr.flush()
+    if sys.stderr is not None:
+        sys.stderr.flush()
     saved = os.dup(fd)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), fd)
