@@ -641,3 +641,38 @@ def test_interrupt_mid_run_writes_nothing_and_says_so(tmp_path, sig, code):
     assert last == f"radsam: interrupted ({signal.Signals(sig).name}); no output written", err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []       # no mask, no temp file
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_does_what_it_says(tmp_path, monkeypatch):
+    """The README's Python example, run as written on the example CT: its correction click
+    changes the mask (an example edit that changes nothing would teach the wrong thing)."""
+    need(ABDOMEN)
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace('"ct.nii.gz"', repr(str(ABDOMEN / "ct.nii.gz")))
+    code = code.replace('device="auto"', 'device="cpu"')
+    monkeypatch.chdir(tmp_path)
+    lines = code.splitlines()
+    at = next(i for i, ln in enumerate(lines) if "session.edit(" in ln)
+    ns: dict = {}
+    exec("\n".join(lines[:at]), ns)                      # noqa: S102 - the README's own code
+    before = ns["session"].mask.copy()
+    exec("\n".join(lines[at:]), ns)                      # noqa: S102
+    change = ns["change"]
+    assert change.slices, "the README's edit changed no slice"
+    ns["session"].undo()
+    ns["session"].redo()
+    assert (ns["session"].mask != before).sum() > 100
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "liver.nii.gz")))
+    np.testing.assert_array_equal(written, ns["session"].mask)
+
+
+def test_info_names_the_bundled_fine_tune_hash(capsys):
+    """``radsam info`` checks what it loads: for the default model the bundled delta's
+    SHA-256 (the one the code pins), not only the base model's."""
+    from RadSAMLib.models import registry
+    assert main(["info", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("weights check"))
+    assert f"fine-tune sha256 {registry.BUNDLED_RADSAM_SHA256}" in line and "base litemedsam sha256" in line
