@@ -676,3 +676,46 @@ def test_info_names_the_bundled_fine_tune_hash(capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if ln.startswith("weights check"))
     assert f"fine-tune sha256 {registry.BUNDLED_RADSAM_SHA256}" in line and "base litemedsam sha256" in line
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    import RadSAMLib.models as models
+    from fakes import FakeModel
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: FakeModel(strategy="mask"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_propagation_writes_nothing(inputs, tmp_path, capsys, monkeypatch, fake_model, sig):
+    """In-process twin of the slow subprocess test: the signal lands after the second slice."""
+    from RadSAMLib import cli
+
+    def update(self, done, total):
+        if done == 2:
+            os.kill(os.getpid(), sig)
+    monkeypatch.setattr(cli._ProgressBar, "update", update)
+    out = tmp_path / "m.nii.gz"
+    handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    code, text, err = run_cli(["segment", str(inputs / "ct.nrrd"), "-o", str(out), "-q"] + PB, capsys)
+    assert code == 128 + sig and text == ""
+    assert err.strip() == f"radsam: interrupted ({signal.Signals(sig).name}); no output written"
+    assert list(tmp_path.iterdir()) == []
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+
+
+def test_signal_during_the_write_waits_for_a_complete_file(inputs, tmp_path, capsys, monkeypatch, fake_model):
+    """A signal while the finished mask is written: the file is completed, and said so."""
+    import RadSAMLib.imageio as imageio
+    real = imageio.write_mask
+
+    def write_mask(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+    monkeypatch.setattr(imageio, "write_mask", write_mask)
+    out = tmp_path / "m.nii.gz"
+    code, text, err = run_cli(["segment", str(inputs / "ct.nrrd"), "-o", str(out), "-q"] + PB, capsys)
+    assert code == 143
+    assert err.strip() == f"radsam: interrupted (SIGTERM); {out} was written"
+    m = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert m[3:8, 8:29, 10:31].all() and not m[:3].any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nii.gz"]
