@@ -12,33 +12,71 @@ A problem with the input prints one line ``radsam: error: ...`` and exits with c
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import DEFAULT_MODEL, __version__
-from .errors import PromptError, RadSAMError
-from .prompts import SlicePrompt
+from .errors import RadSAMError
 
 EXIT_USAGE = 2
 
 
-# -- prompt assembly ---------------------------------------------------------------------
+# -- checks (all before the model loads) -------------------------------------------------
+def _check_output(args) -> Path:
+    from .imageio import check_output
+    inputs = (args.image, args.reference, args.mask_prompt, args.prompts, args.checkpoint)
+    return check_output(args.output, args.force, inputs=[p for p in inputs if p])
+
+
+def _check_options(args):
+    """Model, device, strategy and backends, checked by name: a typo is found in a second,
+    not after the image is read. Returns the parsed strategy (``None``: the model's)."""
+    from .accel.select import DECODER_BACKENDS, ENCODER_BACKENDS
+    from .models import pick_device
+    from .models.registry import MODEL_NAMES
+    from .propagation import Strategy
+
+    if str(args.model).endswith(".safetensors"):
+        if not Path(args.model).is_file():
+            raise RadSAMError(f"--model {args.model}: RadSAM checkpoint not found")
+    elif args.model not in MODEL_NAMES:
+        raise RadSAMError(f"--model '{args.model}' is unknown (choose one of {', '.join(MODEL_NAMES)}, "
+                          "or a .safetensors RadSAM checkpoint)")
+    if args.model.startswith("sam_vit_") and not args.checkpoint:
+        raise RadSAMError(f"model {args.model} needs a checkpoint file: pass --checkpoint PATH (e.g. sam_vit_b_01ec64.pth)")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise RadSAMError(f"--checkpoint {args.checkpoint}: file not found")
+    pick_device(args.device)
+    if args.encoder_backend not in ENCODER_BACKENDS:
+        raise RadSAMError(f"--encoder-backend '{args.encoder_backend}' is unknown (choose {', '.join(ENCODER_BACKENDS)})")
+    if args.decoder_backend not in DECODER_BACKENDS:
+        raise RadSAMError(f"--decoder-backend '{args.decoder_backend}' is unknown (choose {', '.join(DECODER_BACKENDS)})")
+    if args.label is not None and not args.reference:
+        raise RadSAMError(f"--label {args.label} needs --reference GT (the label volume to compare with)")
+    if args.reference and args.label is None:
+        raise RadSAMError("--reference needs --label N (the label value of the object)")
+    if args.label is not None and args.label <= 0:
+        raise RadSAMError(f"--label {args.label}: give the object's label value (0 is the background)")
+    return Strategy.parse(args.strategy) if args.strategy not in (None, "", "auto") else None
+
+
 def _prompt_spec(args) -> dict:
-    """Merge a ``--prompts`` JSON file with the flags (flags win)."""
-    spec: dict = {}
-    if args.prompts:
-        try:
-            spec = json.loads(Path(args.prompts).read_text())
-        except FileNotFoundError:
-            raise RadSAMError(f"prompts file not found: {args.prompts}")
-        except json.JSONDecodeError as e:
-            raise RadSAMError(f"prompts file {args.prompts} is not valid JSON (line {e.lineno}: {e.msg})")
-        if not isinstance(spec, dict):
-            raise RadSAMError(f"prompts file {args.prompts} must hold a JSON object")
+    """The request as data: a ``--prompts`` JSON file merged with the flags (flags win)."""
+    from .request import parse_prompts
+
+    spec = parse_prompts(args.prompts) if args.prompts else {}
+    flags = {"--slice": args.slice, "--box": args.box, "--point": args.point,
+             "--negative-point": args.negative_point, "--bounds": args.bounds}
+    if "slices" in spec:
+        given = [name for name, v in flags.items() if v is not None]
+        if given:
+            raise RadSAMError(f"{given[0]} cannot be combined with the slice-level prompts (\"slices\") of {args.prompts}")
     if args.slice is not None:
         spec["slice"] = args.slice
     if args.box is not None:
@@ -55,108 +93,146 @@ def _prompt_spec(args) -> dict:
 
 
 def _parse_edit(e) -> dict:
+    from .request import as_int, as_number
+
     k, x, y, sign = e
     if sign not in ("+", "-"):
-        raise RadSAMError(f"--edit takes K X Y +|-, got sign '{sign}'")
+        raise RadSAMError(f"--edit takes K X Y +|-, got sign '{sign}' in --edit {' '.join(e)}")
     try:
-        return {"slice": int(k), "point": [float(x), float(y)], "positive": sign == "+"}
+        return {"slice": as_int(int(k), "--edit K"),
+                "point": (as_number(float(x), "--edit X"), as_number(float(y), "--edit Y")),
+                "positive": sign == "+"}
     except ValueError:
-        raise RadSAMError(f"--edit takes K X Y +|- with numbers, got {' '.join(e)}")
+        raise RadSAMError(f"--edit takes K X Y +|- with an integer K and numbers X Y, got {' '.join(e)}") from None
 
 
-def _slice_prompt(d: dict, mask=None) -> SlicePrompt:
-    pts = [tuple(float(v) for v in p) for p in d.get("points", [])]
-    labels = [int(v) for v in d.get("labels", [1] * len(pts))]
-    box = tuple(float(v) for v in d["box"]) if d.get("box") is not None else None
-    return SlicePrompt(box=box, points=pts, labels=labels, mask=mask)
+def _read_inputs(args, spec):
+    """Image, reference and mask prompt, read and checked; the request checked against
+    the image. Returns ``(image, volume, reference, request)``."""
+    from .imageio import image_to_array, read_image, read_label
+    from .request import check_request
+
+    image = read_image(args.image)
+    volume = image_to_array(image)
+    mask = None
+    if args.mask_prompt:
+        mask = read_label(args.mask_prompt, image, "mask prompt") > 0
+    request = check_request(spec, volume.shape, args.axis, mask_volume=mask)
+    reference = None
+    if args.reference:
+        reference = read_label(args.reference, image, "reference")
+        if not (reference == args.label).any():
+            present = [int(v) for v in np.unique(reference) if v != 0]
+            shown = ", ".join(map(str, present[:20])) + (" ..." if len(present) > 20 else "")
+            raise RadSAMError(f"--label {args.label} is not in --reference {args.reference} "
+                              f"(labels present: {shown or 'none'})")
+    return image, volume, reference, request
+
+
+# -- interrupts ---------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a run; ``signum`` says which."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGTERM stops a run like Ctrl-C does (progress bar closed, no partial file, one
+    line); a signal while the finished mask is being written waits for the write."""
+
+    def __init__(self):
+        self.holding = False
+        self.deferred = None
+
+    def _handle(self, signum, frame):
+        if self.holding:
+            self.deferred = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def hold(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.deferred is not None:
+                raise Interrupted(self.deferred)
 
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_segment(args) -> int:
-    from .engine import check_slice_index, slice_index
-    from .imageio import image_to_array, read_image, read_label, write_mask
+    signals = _Signals()
+    written = None
+    try:
+        with signals.installed():
+            out = _check_output(args)
+            strategy = _check_options(args)
+            spec = _prompt_spec(args)
+            image, volume, reference, request = _read_inputs(args, spec)
+            session, t_load, t_seg = _segment(args, volume, request, strategy)
+            with signals.hold():
+                from .imageio import write_mask
+                written = write_mask(session.mask, image, out, force=args.force)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        what = f"{written} was written" if written else "no output written"
+        print(f"radsam: interrupted ({name}); {what}", file=sys.stderr)
+        return 128 + int(signum)
+    _report(args, session, out, reference, t_load, t_seg)
+    return 0
+
+
+def _segment(args, volume, request, strategy):
+    """Load the model and run the checked request -> ``(session, load s, segmentation s)``."""
     from .models import load_model
-    from .session import Session, check_bounds
-
-    out = Path(args.output)
-    if out.exists() and not args.force:
-        raise RadSAMError(f"output {out} exists; use --force to overwrite it")
-    if not out.parent.is_dir():
-        raise RadSAMError(f"output folder {out.parent} does not exist")
-    spec = _prompt_spec(args)
-
-    image = read_image(args.image)
-    volume = image_to_array(image)
-    reference = read_label(args.reference, image) if args.reference else None
-    if reference is not None and args.label is None:
-        raise RadSAMError("--reference needs --label N (the label value of the object)")
-    axis = args.axis
-    n = volume.shape[axis]
-
-    mask_prompt = None
-    if args.mask_prompt:
-        mp = read_label(args.mask_prompt, image) > 0
-        if not mp.any():
-            raise PromptError(f"mask prompt {args.mask_prompt} is empty")
-        if "slice" not in spec:  # the mask's largest slice is the natural prompt slice
-            areas = mp.sum(axis=tuple(a for a in range(3) if a != axis))
-            spec["slice"] = int(np.argmax(areas))
-        mask_prompt = mp[slice_index(axis, int(spec["slice"]))]
-
-    slices = spec.get("slices")  # slice-level prompting: {"k": {box/points}}
-    if slices is None and "slice" not in spec:
-        raise PromptError("give the prompt slice: --slice K (or \"slice\" in the prompts file)")
-
-    # Check every prompt against the image before the model is loaded: errors come fast.
-    shape = tuple(s for a, s in enumerate(volume.shape) if a != axis)
-    bounds = None
-    if slices is not None:
-        prompts = {}
-        for key, v in slices.items():
-            k = check_slice_index(key, n, axis, "prompt slice")
-            prompts[k] = _slice_prompt(v).validate(shape, f"slice {k}")
-    else:
-        k = check_slice_index(spec["slice"], n, axis, "prompt slice")
-        prompt = _slice_prompt(spec, mask_prompt).validate(shape, f"slice {k}")
-        bounds = check_bounds(spec.get("bounds"), n, k)
-    for e in spec.get("edits", []):
-        ek = int(e["slice"])
-        lo, hi = bounds or (0, n - 1)
-        if not lo <= ek <= hi:
-            raise PromptError(f"edit slice {ek} is outside {'the bounds' if bounds else 'the volume'} ({lo}..{hi})")
-        SlicePrompt(points=[tuple(e["point"])], labels=[1]).validate(shape, f"edit slice {ek}")
+    from .session import Session
 
     t0 = time.perf_counter()
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     t_load = time.perf_counter() - t0
-
     bar = _ProgressBar(enabled=not args.quiet)
-    session = Session(model, volume, axis=axis, strategy=args.strategy, progress=bar.update,
+    session = Session(model, volume, axis=args.axis, strategy=strategy, progress=bar.update,
                       encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
     t1 = time.perf_counter()
     try:
-        if slices is not None:
-            session.segment_slices(prompts)
-        else:
-            session.segment(k, prompt, bounds=bounds)
-        for e in spec.get("edits", []):
-            bar.label = f"edit slice {e['slice']}"
-            session.edit(int(e["slice"]), tuple(e["point"]), bool(e.get("positive", True)))
+        request.run(session, before_edit=lambda e: setattr(bar, "label", f"edit slice {e.slice}"))
     finally:
         bar.close()
-    t_seg = time.perf_counter() - t1
+    return session, t_load, time.perf_counter() - t1
 
-    write_mask(session.mask, image, out, force=args.force)
+
+def _report(args, session, out, reference, t_load, t_seg):
     eng = session.engine
+    axis = session.axis
     per_slice = eng.encode_seconds / max(1, eng.encode_count)
-    print(f"wrote {out}  ({int(session.mask.sum())} voxels on {int(np.count_nonzero(session.mask.any(axis=tuple(a for a in range(3) if a != axis))))} slices)")
-    print(f"model {model.info.name} on {model.device}, strategy {session.strategy.spec()}; "
+    other = tuple(a for a in range(3) if a != axis)
+    voxels = int(np.count_nonzero(session.mask))
+    print(f"wrote {out}  ({voxels} voxels on {int(np.count_nonzero(session.mask.any(axis=other)))} slices)")
+    if voxels == 0:
+        print("radsam: warning: the mask is empty: the model found nothing at the prompt", file=sys.stderr)
+    print(f"model {session.model.info.name} on {session.model.device}, strategy {session.strategy.spec()}; "
           f"load {t_load:.1f} s, segmentation {t_seg:.1f} s, encoder ({getattr(eng.encode_fn, 'backend', 'torch')}) "
           f"{per_slice:.2f} s/slice over {eng.encode_count} slices")
     if reference is not None:
         from .metrics import dice
         print(f"3D Dice vs {args.reference} label {args.label}: {dice(session.mask, reference == args.label):.4f}")
-    return 0
 
 
 def cmd_info(args) -> int:
@@ -175,7 +251,11 @@ def cmd_info(args) -> int:
     print(f"model: {i.name}, input {i.input_size}x{i.input_size}, default strategy {i.default_strategy}, "
           f"mask prompt trained: {'yes' if i.mask_prompt_trained else 'no'}")
     print(f"weights: {i.weights}")
-    print(f"weights check: OK (sha256 {i.sha256})")
+    delta = i.extra.get("delta_sha256")
+    if delta:  # a fine-tune: its own file and the base it was applied to
+        print(f"weights check: OK (fine-tune sha256 {delta}; base {i.extra.get('base_model')} sha256 {i.sha256})")
+    else:
+        print(f"weights check: OK (sha256 {i.sha256})")
     return 0
 
 
@@ -204,8 +284,25 @@ class _ProgressBar:
 
 
 # -- parser ------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag like every other input error: one line, exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"radsam: error: {message} (see {self.prog} -h)\n")
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: '{text}'") from None
+    if not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"not a finite number: '{text}'")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radsam", description="Segment a whole 3D organ in CT from one prompt.")
+    p = _Parser(prog="radsam", description="Segment a whole 3D organ in CT from one prompt.")
     p.add_argument("--version", action="version", version=f"radsam {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -220,9 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image", help="CT volume: .nii/.nii.gz/.nrrd/.mha or a DICOM series folder")
     s.add_argument("-o", "--output", required=True, help="output mask file (same grid as the image)")
     s.add_argument("--slice", type=int, help="index of the prompt slice along the propagation axis")
-    s.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="box prompt (voxel indices)")
-    s.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"), help="positive point (repeatable)")
-    s.add_argument("--negative-point", type=float, nargs=2, action="append", metavar=("X", "Y"), help="negative point (repeatable)")
+    s.add_argument("--box", type=_finite_float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="box prompt (voxel indices)")
+    s.add_argument("--point", type=_finite_float, nargs=2, action="append", metavar=("X", "Y"), help="positive point (repeatable)")
+    s.add_argument("--negative-point", type=_finite_float, nargs=2, action="append", metavar=("X", "Y"), help="negative point (repeatable)")
     s.add_argument("--mask-prompt", help="mask volume on the image grid; its slice --slice (default: its largest) is the prompt")
     s.add_argument("--bounds", type=int, nargs=2, metavar=("KMIN", "KMAX"), help="bottom and top slice of the object (inclusive)")
     s.add_argument("--edit", nargs=4, action="append", metavar=("K", "X", "Y", "SIGN"),

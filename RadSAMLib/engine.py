@@ -16,6 +16,7 @@ import torch
 from .errors import BoundsError, ImageError
 from .preprocess import SliceFrame, Window
 from .prompts import SlicePrompt
+from .request import check_slice_index
 
 
 @dataclass
@@ -35,13 +36,6 @@ class SliceResult:
     @property
     def score(self) -> float:
         return float(self.scores[0])
-
-
-def check_slice_index(idx, num_slices: int, axis: int, what: str = "slice") -> int:
-    """``idx`` as an int if it is a slice of the volume along ``axis``, else a BoundsError."""
-    if not 0 <= int(idx) < num_slices:
-        raise BoundsError(f"{what} {idx} is outside the volume (0..{num_slices - 1} along axis {axis})")
-    return int(idx)
 
 
 def slice_index(axis: int, idx: int) -> tuple:

@@ -35,9 +35,7 @@ class SlicePrompt:
         if self.is_empty():
             raise PromptError(f"empty prompt{at}: give a box, a point or a non-empty mask")
         if self.box is not None:
-            if len(self.box) != 4:
-                raise PromptError(f"box must be x0 y0 x1 y1, got {self.box}")
-            x0, y0, x1, y1 = (float(v) for v in self.box)
+            x0, y0, x1, y1 = _finite(self.box, 4, f"box{at}")
             if x1 <= x0 or y1 <= y0:
                 raise PromptError(
                     f"degenerate box ({x0:g}, {y0:g}, {x1:g}, {y1:g}){at}: need x0 < x1 and y0 < y1")
@@ -47,7 +45,8 @@ class SlicePrompt:
                     f"(x in 0..{cols - 1}, y in 0..{rows - 1})")
         if len(self.points) != len(self.labels):
             raise PromptError(f"{len(self.points)} points but {len(self.labels)} labels{at}")
-        for (x, y), lab in zip(self.points, self.labels):
+        for p, lab in zip(self.points, self.labels):
+            x, y = _finite(p, 2, f"point{at}")
             if not (0 <= x <= cols - 1 and 0 <= y <= rows - 1):
                 raise PromptError(
                     f"point ({x:g}, {y:g}) is outside the image{at} (x in 0..{cols - 1}, y in 0..{rows - 1})")
@@ -57,6 +56,17 @@ class SlicePrompt:
             if tuple(self.mask.shape) != (rows, cols):
                 raise PromptError(f"mask prompt shape {tuple(self.mask.shape)} differs from the slice {(rows, cols)}{at}")
         return self
+
+
+def _finite(values, n: int, what: str) -> tuple:
+    """``n`` finite floats: a NaN box would pass every comparison and prompt nothing."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise PromptError(f"{what} must be {n} numbers, got {values!r}") from None
+    if len(out) != n or not np.isfinite(out).all():
+        raise PromptError(f"{what} must be {n} finite numbers, got {values!r}")
+    return out
 
 
 def box_of_mask(mask: np.ndarray, margin: float = 0.0, shape=None):

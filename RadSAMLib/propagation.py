@@ -64,8 +64,8 @@ class Strategy:
         except ValueError:
             raise RadSAMError(f"strategy '{spec}': margin and grow must be numbers (model-frame pixels)") from None
         kw = {k: v for k, v in zip(("margin", "grow"), vals) if v is not None}
-        if any(v < 0 for v in kw.values()):
-            raise RadSAMError(f"strategy '{spec}': margin and grow cannot be negative")
+        if any(not 0 <= v < float("inf") for v in kw.values()):  # NaN fails this too
+            raise RadSAMError(f"strategy '{spec}': margin and grow must be finite and not negative")
         return cls(kind=kind, **kw)
 
     @property

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine import SliceEngine, SliceResult, slice_index
-from .errors import BoundsError, PromptError
+from .errors import PromptError
 from .metrics import dice
 from .preprocess import Window
 from .propagation import Strategy
 from .prompts import SlicePrompt
+from .request import check_bounds, check_edit, check_segment, check_slices  # noqa: F401  (check_bounds: re-exported)
 
 
 @dataclass
@@ -57,20 +58,6 @@ class _Step:
 
 class _Stop(Exception):
     pass
-
-
-def check_bounds(bounds, num_slices: int, start: int | None = None):
-    """Validate inclusive ``(bottom, top)`` slice bounds; ``None`` means unbounded."""
-    if bounds is None:
-        return None
-    lo, hi = (int(b) for b in bounds)
-    if lo > hi:
-        raise BoundsError(f"bounds are reversed: bottom slice {lo} is above top slice {hi}")
-    if lo < 0 or hi >= num_slices:
-        raise BoundsError(f"bounds {lo}..{hi} are outside the volume (slices 0..{num_slices - 1})")
-    if start is not None and not lo <= start <= hi:
-        raise BoundsError(f"prompt slice {start} is outside the bounds {lo}..{hi}")
-    return (lo, hi)
 
 
 class Session:
@@ -127,9 +114,7 @@ class Session:
         """Volume-level prompting: ``prompt`` on ``slice_idx``, propagated to ``bounds``
         (inclusive ``(bottom, top)`` slice indices), or until the object ends if ``None``.
         Slices outside the propagated range are not touched."""
-        idx = self.engine.check_index(slice_idx, "prompt slice")
-        bounds = check_bounds(bounds, self.num_slices, idx)
-        prompt.validate(self.engine.slice_shape, f"slice {idx}")
+        idx, bounds = check_segment(self.engine.volume.shape, self.axis, slice_idx, prompt, bounds)
         lo, hi = bounds if bounds else (0, self.num_slices - 1)
         order = [idx] + list(range(idx + 1, hi + 1)) + list(range(idx - 1, lo - 1, -1))
         self.engine.prefetch(order)
@@ -154,11 +139,8 @@ class Session:
         """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice with its current
         mask plus all its correction points, then re-propagate the slices derived through
         it, up to the next anchor or bound (volume mode; in slice mode only that slice)."""
-        idx = self.engine.check_index(slice_idx, "edit slice")
-        if self.bounds is not None and not self.bounds[0] <= idx <= self.bounds[1]:
-            raise BoundsError(f"edit slice {idx} is outside the bounds {self.bounds[0]}..{self.bounds[1]}")
+        idx, (x, y) = check_edit(self.engine.volume.shape, self.axis, slice_idx, point, self.bounds)
         label = 1 if positive else 0
-        x, y = (float(v) for v in point)
         old = self.anchors.get(idx)
         anchor = (old or SlicePrompt()).with_points([(x, y)], [label])
         anchor.mask = None
@@ -180,11 +162,7 @@ class Session:
 
     def segment_slices(self, prompts: dict) -> Change:
         """Slice-level prompting: ``{slice_idx: SlicePrompt}``, each slice on its own."""
-        if not prompts:
-            raise PromptError("slice-level prompting needs at least one slice prompt")
-        for idx, p in prompts.items():
-            self.engine.check_index(idx, "prompt slice")
-            p.validate(self.engine.slice_shape, f"slice {idx}")
+        prompts = check_slices(self.engine.volume.shape, self.axis, prompts)
         order = sorted(prompts)
         self.engine.prefetch(order)
 

@@ -184,7 +184,7 @@ def _build_radsam(path, base_checkpoint=None) -> SamFamilyModel:
     model.info = ModelInfo(
         "radsam", model.info.input_size, f"{path} (+ {model.info.weights})", model.info.sha256,
         mask_prompt_trained=True, default_strategy=record.get("default_strategy", "mask+box"),
-        extra={k: v for k, v in record.items()})
+        extra={**record, "delta_sha256": _cached_sha(path)})
     return model
 
 
