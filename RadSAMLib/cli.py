@@ -2,8 +2,8 @@
 
     radsam segment IMAGE -o MASK --slice K --box X0 Y0 X1 Y1 [--bounds KMIN KMAX] ...
     radsam info
-    radsam benchmark ...      (RadSAMLib.benchmark)
-    radsam bench-speed ...    (RadSAMLib.speedbench)
+    radsam benchmark ...      (RadSAMBench.cli, the development tools in bench/)
+    radsam bench-speed ...    (RadSAMBench.speedbench)
 
 Prompts are voxel indices: ``--slice`` indexes the propagation axis (default: the
 volume's slice axis, k), ``x``/``y`` are the column/row of that slice (i/j for axis k).
@@ -252,17 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own parser, imported only when asked for: the speed benchmark
 # imports torch at import time, which would add ~1-2 s to every ``radsam --help``.
 PLUGINS = {
-    "benchmark": ("RadSAMLib.benchmark.cli", "simulated-user 3D Dice benchmark (radsam benchmark -h)"),
-    "bench-speed": ("RadSAMLib.speedbench", "speed benchmark: ms/slice, slices/s, peak memory (radsam bench-speed -h)"),
+    "benchmark": ("RadSAMBench.cli", "simulated-user 3D Dice benchmark (radsam benchmark -h)"),
+    "bench-speed": ("RadSAMBench.speedbench", "speed benchmark: ms/slice, slices/s, peak memory (radsam bench-speed -h)"),
 }
 
 
 def _run_plugin(name, argv) -> int:
     import importlib
+    import importlib.util
+    if importlib.util.find_spec("RadSAMBench") is None:
+        raise RadSAMError(f"radsam {name} needs RadSAM's development tools, which are not installed "
+                          "(from a checkout: pip install -e bench, or bash scripts/setup.sh)")
     try:
         module = importlib.import_module(PLUGINS[name][0])
     except ImportError as e:
-        raise RadSAMError(f"radsam {name} cannot start: {e} (pip install 'radsam[bench]')") from e
+        raise RadSAMError(f"radsam {name} cannot start: {e}") from e
     p = argparse.ArgumentParser(prog=f"radsam {name}", description=PLUGINS[name][1])
     module.add_arguments(p)
     return int(module.run(p.parse_args(argv)) or 0)

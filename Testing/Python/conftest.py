@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))   # RadSAMBench, the development tools
 
 DATA = Path(os.environ.get("RADSAM_DATA", ROOT.parent / "shared" / "data"))
 ABDOMEN = DATA / "totalseg_example"

@@ -204,6 +204,17 @@ def test_cli_help_is_fast_and_subcommands_parse_their_own_arguments(capsys):
         assert f"radsam {name}" in err and "--no-such-option" in err
 
 
+def test_benchmark_without_the_development_tools_is_one_line_error(capsys, monkeypatch):
+    """The wheel does not carry RadSAMBench: ``radsam benchmark`` then says how to get it."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "RadSAMBench" else real(name, *a))
+    for name in ("benchmark", "bench-speed"):
+        assert main([name, "x"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "pip install -e bench" in err and f"radsam {name}" in err
+
+
 def test_cli_refuses_to_overwrite(ct, tmp_path, capsys):
     out = tmp_path / "m.nii.gz"
     out.write_bytes(b"keep")

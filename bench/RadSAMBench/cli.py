@@ -1,7 +1,7 @@
 """``radsam benchmark``: the simulated-user 3D Dice benchmark from the command line.
 
 The lead's ``RadSAMLib/cli.py`` mounts :func:`add_arguments` / :func:`run` as the
-``benchmark`` subcommand; ``python -m RadSAMLib.benchmark.cli ...`` runs it directly.
+``benchmark`` subcommand; ``python -m RadSAMBench.cli ...`` runs it directly.
 Kept import-light (no torch at import): every ``radsam`` invocation imports this module.
 
 Results go to ``--out`` (``results.json``, ``report.md``, PNG plots). The JSON is
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import DEFAULT_MODEL
-from ..errors import RadSAMError
+from RadSAMLib import DEFAULT_MODEL
+from RadSAMLib.errors import RadSAMError
 
 RESULTS_VERSION = 1
 
@@ -172,7 +172,7 @@ def run(args) -> int:
 def _run_todo(todo, objects, settings, protocol, args, results, path):
     from tqdm import tqdm
 
-    from ..models import load_model
+    from RadSAMLib.models import load_model
     from .protocol import run_case
     if args.threads:
         import torch

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RadSAMError
+from RadSAMLib.errors import RadSAMError
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 IMAGE_TAGS = ("ct", "image", "img")
@@ -136,7 +136,7 @@ def _strip_ext(name: str):
 
 def _sitk_loader(image_path, label_path):
     def load(values=None):
-        from ..imageio import image_to_array, read_image, read_label
+        from RadSAMLib.imageio import image_to_array, read_image, read_label
         img = read_image(image_path)
         lab = read_label(label_path, img)
         sp = np.asarray(img.GetSpacing()[::-1], np.float64)
@@ -208,7 +208,7 @@ def _totalseg(root: Path):
 
     def loader(d):
         def load(values=None):
-            from ..imageio import image_to_array, read_image, read_label
+            from RadSAMLib.imageio import image_to_array, read_image, read_label
             img = read_image(d / "ct.nii.gz")
             label = np.zeros(tuple(reversed(img.GetSize())), np.uint8)
             for v in (values or labels):

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import RadSAMError
-from ..metrics import dice
+from RadSAMLib.errors import RadSAMError
+from RadSAMLib.metrics import dice
 from .user import PROMPT_KINDS, PROMPT_SLICES, choose_prompt_slice, make_prompt, object_slices, sample_edit
 
 LEVELS = ("volume", "slice")
@@ -53,7 +53,7 @@ class Setting:
             raise RadSAMError(f"unknown level '{s.level}' in setting '{spec}' (choose {', '.join(LEVELS)})")
         if s.prompt not in PROMPT_KINDS:
             raise RadSAMError(f"unknown prompt kind '{s.prompt}' in setting '{spec}' (choose {', '.join(PROMPT_KINDS)})")
-        from ..propagation import Strategy
+        from RadSAMLib.propagation import Strategy
         Strategy.parse(s.strategy)  # raises RadSAMError for an unknown strategy
         return s
 
@@ -229,7 +229,7 @@ class _Oracle:
 def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_prompt, rng_edit) -> dict:
     """Simulate the user on one object; returns ``dice``/``oracle`` ``{n_edits: value}``,
     the prompt, and the clicks ``[k, x, y, positive]``."""
-    from ..session import Session
+    from RadSAMLib.session import Session
     lo, hi = bounds
     slab_gt = gt[lo:hi + 1]
     oracle = _Oracle(slab_gt, lo)
@@ -303,7 +303,7 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     Returns one dict per (object, setting) that was run, plus one per skipped object
     (``skipped`` holds the reason).
     """
-    from ..engine import SliceEngine
+    from RadSAMLib.engine import SliceEngine
     protocol = protocol or Protocol()
     settings = [Setting.parse(s) for s in settings]
     if not settings:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import DEFAULT_MODEL
+from RadSAMLib import DEFAULT_MODEL
 
 # The liver of the abdominal example spans 62 coronal slices (axis 1): a 60-slice run of
 # real CT slices (30 x 122 pixels each) on an object the base model follows reliably.
@@ -47,10 +47,10 @@ DEFAULT_AXIS = 1
 
 # -- inputs ------------------------------------------------------------------------------
 def data_root() -> Path:
+    """``$RADSAM_DATA``, else ``../shared/data`` from the current folder (a checkout, as
+    in the README's commands); never from where this package is installed."""
     env = os.environ.get("RADSAM_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(env) if env else Path.cwd().parent / "shared" / "data"
 
 
 def load_volume(spec: str | None):
@@ -69,9 +69,9 @@ def load_volume(spec: str | None):
         base = data_root() / spec
         p = Path(str(base) + "_ct.nii.gz") if not base.exists() else base
     if not p.exists():
-        from .errors import ImageError
+        from RadSAMLib.errors import ImageError
         raise ImageError(f"benchmark volume not found: {spec} (give a CT path, an .npz, or set RADSAM_DATA)")
-    from .imageio import image_to_array, read_image
+    from RadSAMLib.imageio import image_to_array, read_image
     ct = image_to_array(read_image(p))
     lab_path = Path(str(p).replace("_ct.nii.gz", "_oar.nii.gz"))
     if p.name == "ct.nii.gz":
@@ -86,7 +86,7 @@ def load_volume(spec: str | None):
 def pick_task(ct, label, label_value: int, n: int):
     """Prompt slice, its box (x0, y0, x1, y1) and inclusive bounds of an ``n``-slice run
     centred in the object's extent along axis 0 (the whole volume if no label)."""
-    from .prompts import box_of_mask
+    from RadSAMLib.prompts import box_of_mask
     if label is not None and (label == label_value).any():
         obj = label == label_value
         ks = np.where(obj.any(axis=(1, 2)))[0]
@@ -106,8 +106,8 @@ def random_sam(kind: str, device):
     on the weights' values)."""
     from segment_anything import sam_model_registry
 
-    from .models.base import ModelInfo, SamFamilyModel
-    from .models.registry import _SAM_MEAN, _SAM_STD
+    from RadSAMLib.models.base import ModelInfo, SamFamilyModel
+    from RadSAMLib.models.registry import _SAM_MEAN, _SAM_STD
     torch.manual_seed(0)
     sam = sam_model_registry[kind.replace("sam_", "")](checkpoint=None)
     info = ModelInfo(kind, 1024, "random", "random", mask_prompt_trained=False, default_strategy="box")
@@ -161,10 +161,10 @@ def loadavg() -> str:
 
 # -- one path ---------------------------------------------------------------------------------
 def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
-    from .accel import accelerate
-    from .engine import SliceEngine
-    from .prompts import SlicePrompt
-    from .session import Session
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
 
     start, box, (lo, hi) = task
     n = hi - lo + 1
@@ -267,10 +267,10 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
 
 def memory_check(base_model, ct, task, args, device):
     """Peak RSS of a ``--memory-slices`` session at 512x512 (auto paths)."""
-    from .accel import accelerate
-    from .engine import SliceEngine
-    from .prompts import SlicePrompt
-    from .session import Session
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
     import torch.nn.functional as F
 
     n = args.memory_slices
@@ -320,10 +320,10 @@ def _dice(a, b) -> float:
 
 def cold_start(args) -> int:
     """Model load + building the auto paths + the first slice, in this (fresh) process."""
-    from .accel import accelerate
-    from .engine import SliceEngine
-    from .models import load_model
-    from .prompts import SlicePrompt
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.models import load_model
+    from RadSAMLib.prompts import SlicePrompt
     ct, label, name = load_volume(args.volume)
     start, box, _ = pick_task(ct, label, args.label, args.slices)
     dev = "cuda" if args.devices == "auto" and torch.cuda.is_available() else args.devices.split(",")[0].replace("auto", "cpu")
@@ -392,7 +392,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_paths(model, device) -> list[tuple[str, str]]:
-    from .accel import available_decoders, available_encoders
+    from RadSAMLib.accel import available_decoders, available_encoders
     enc, dec = available_encoders(model, device), available_decoders(model, device)
     paths = [("torch", "eager")]
     if device.type == "cpu":
@@ -405,7 +405,7 @@ def default_paths(model, device) -> list[tuple[str, str]]:
 
 
 def run(args) -> int:
-    from .models import load_model
+    from RadSAMLib.models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cold_only:
