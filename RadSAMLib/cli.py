@@ -22,8 +22,13 @@ import numpy as np
 from . import DEFAULT_MODEL, __version__
 from .errors import PromptError, RadSAMError
 from .prompts import SlicePrompt
+from .propagation import STRATEGIES
 
 EXIT_USAGE = 2
+
+STRATEGY_HELP = (f"propagation, one of {', '.join(STRATEGIES)}: kind[:margin[:grow]] in model-frame pixels, e.g. "
+                 "box:5, mask+box:5:4, hybrid:5 (hybrid asks with mask+box and with box, the higher predicted IoU wins); "
+                 "default: the model's own (radsam: hybrid:5, litemedsam and SAM: box)")
 
 
 # -- prompt assembly ---------------------------------------------------------------------
@@ -75,6 +80,7 @@ def _slice_prompt(d: dict, mask=None) -> SlicePrompt:
 def cmd_segment(args) -> int:
     from .engine import check_slice_index, slice_index
     from .imageio import image_to_array, read_image, read_label, write_mask
+    from .config import RadSAMConfig
     from .models import load_model
     from .session import Session, check_bounds
 
@@ -126,22 +132,23 @@ def cmd_segment(args) -> int:
             raise PromptError(f"edit slice {ek} is outside {'the bounds' if bounds else 'the volume'} ({lo}..{hi})")
         SlicePrompt(points=[tuple(e["point"])], labels=[1]).validate(shape, f"edit slice {ek}")
 
+    config = RadSAMConfig(strategy=args.strategy)   # a bad spec is named before the model loads
     t0 = time.perf_counter()
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     t_load = time.perf_counter() - t0
 
     bar = _ProgressBar(enabled=not args.quiet)
-    session = Session(model, volume, axis=axis, strategy=args.strategy, progress=bar.update,
-                      encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
+    session = Session.from_volume(model, volume, axis=axis, config=config,
+                                  encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
     t1 = time.perf_counter()
     try:
         if slices is not None:
-            session.segment_slices(prompts)
+            bar.follow(session.segment_slices_iter(prompts))
         else:
-            session.segment(k, prompt, bounds=bounds)
+            bar.follow(session.segment_iter(k, prompt, bounds=bounds))
         for e in spec.get("edits", []):
             bar.label = f"edit slice {e['slice']}"
-            session.edit(int(e["slice"]), tuple(e["point"]), bool(e.get("positive", True)))
+            bar.follow(session.edit_iter(int(e["slice"]), tuple(e["point"]), bool(e.get("positive", True))))
     finally:
         bar.close()
     t_seg = time.perf_counter() - t1
@@ -180,7 +187,7 @@ def cmd_info(args) -> int:
 
 
 class _ProgressBar:
-    """A tqdm bar on stderr fed by the session's progress callback (slices/s shown)."""
+    """A tqdm bar on stderr that follows a session's interaction (slices/s shown)."""
 
     def __init__(self, enabled=True):
         self.enabled = enabled and sys.stderr is not None
@@ -196,6 +203,12 @@ class _ProgressBar:
                 self.bar.close()
             self.bar = tqdm(total=total, desc=self.label, unit="slice", file=sys.stderr, leave=False)
         self.bar.update(done - self.bar.n)
+
+    def follow(self, interaction):
+        """Run ``interaction`` to the end, showing its progress; returns its ``Change``."""
+        for u in interaction:
+            self.update(u.done, u.total)
+        return interaction.change
 
     def close(self):
         if self.bar is not None:
@@ -228,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--edit", nargs=4, action="append", metavar=("K", "X", "Y", "SIGN"),
                    help="correction point on slice K, SIGN + or - (repeatable, applied in order)")
     s.add_argument("--prompts", help="JSON file with slice/box/points/labels/bounds/edits, or slices: {k: prompt} for slice-level")
-    s.add_argument("--strategy", default=None, help="propagation: mask, box[:margin], mask+box[:margin[:grow]] (model-frame px; default: the model's)")
+    s.add_argument("--strategy", default=None, help=STRATEGY_HELP)
     s.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="propagation axis of the (k, j, i) array (default 0 = k)")
     s.add_argument("--reference", help="reference label volume: prints the 3D Dice")
     s.add_argument("--label", type=int, help="label value of the object in --reference")

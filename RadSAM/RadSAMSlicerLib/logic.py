@@ -107,7 +107,8 @@ class RadSAMLogic:
         return _Target(volume_node, segmentation_node, segment_id, axis)
 
     def _session_job(self, target: _Target, interact, name: str) -> Job:
-        """Submit ``interact(session) -> Change`` for ``target`` to the worker. Voxels are
+        """Submit ``interact(session) -> Interaction`` for ``target`` to the worker, which
+        iterates it, handing each finished slice to the job. Voxels are
         read here, on the main thread; the model, engine and session are made on the worker."""
         if self.busy:
             raise user_error("RadSAM is still working: wait for it or press Cancel")
@@ -118,6 +119,7 @@ class RadSAMLogic:
         spec, strategy = self.model_spec, self.strategy
 
         def run(job: Job):
+            from RadSAMLib.config import RadSAMConfig
             from RadSAMLib.session import Session
             session = self._sessions.get(skey)
             if session is None:
@@ -132,17 +134,19 @@ class RadSAMLogic:
                     engines[ekey] = engine
                     self._engines = engines
                     self._sessions = {k: v for k, v in self._sessions.items() if k[:4] in engines}
-                session = Session(engine.model, engine.volume, axis=target.axis, strategy=strategy, engine=engine)
+                session = Session(engine, RadSAMConfig(strategy=strategy))
                 self._sessions[skey] = session
             if session.mask.shape != current.shape:
                 raise user_error("the volume changed shape; select it again")
             if not np.array_equal(session.mask, current):
                 np.copyto(session.mask, current)   # the segment is the truth: keep hand edits
-            session.on_slice = lambda idx, result: job.slice_done(idx, session.slice_mask(idx).copy())
-            session.progress = job.set_progress
             job.session = session
-            job.on_cancel(session.cancel)
-            return interact(session)
+            interaction = interact(session)
+            job.on_cancel(interaction.cancel)
+            for u in interaction:
+                job.slice_done(u.index, session.slice_mask(u.index).copy())
+                job.set_progress(u.done, u.total)
+            return interaction.change
 
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
@@ -155,7 +159,7 @@ class RadSAMLogic:
         (inclusive ``(bottom, top)`` slice indices along ``target.axis``)."""
         if bounds is not None and (bounds[0] is None or bounds[1] is None):
             raise user_error("set both the bottom and the top slice (or neither)", "BoundsError")
-        return self._session_job(target, lambda s: s.segment(slice_idx, prompt, bounds=bounds), "segment")
+        return self._session_job(target, lambda s: s.segment_iter(slice_idx, prompt, bounds=bounds), "segment")
 
     def start_segment_from_markups(self, target: _Target, bounds=None, box_node=None, positive=None,
                                    negative=None, mask_slice: int | None = None) -> Job:
@@ -174,7 +178,7 @@ class RadSAMLogic:
 
     def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job:
         """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate."""
-        return self._session_job(target, lambda s: s.edit(slice_idx, point_xy, positive), "edit")
+        return self._session_job(target, lambda s: s.edit_iter(slice_idx, point_xy, positive), "edit")
 
     def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job:
         """A correction click at world RAS ``ras``."""

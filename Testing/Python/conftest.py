@@ -73,9 +73,7 @@ def default_engine(default_model, model, abdomen, abdomen_engine):
     """SliceEngine of the default model over the abdominal CT, sharing ``abdomen_engine``'s
     embeddings: the bundled fine-tune keeps the base image encoder (checked), so the
     slices are not encoded twice."""
-    from RadSAMLib.accel.cache import weights_sha256
     from RadSAMLib.engine import SliceEngine
     eng = SliceEngine(default_model, abdomen[1], axis=0)
-    if weights_sha256(default_model.image_encoder) == weights_sha256(model.image_encoder):
-        eng._cache = abdomen_engine._cache
+    eng.share_embeddings(abdomen_engine)   # refused if the encoders' weights differ
     return eng

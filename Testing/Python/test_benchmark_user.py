@@ -61,7 +61,7 @@ def test_point_is_deep_inside():
     pts = {user.inner_point(m, np.random.default_rng(s)) for s in range(50)}
     assert len(pts) > 10
     p = user.make_prompt("point", m, np.random.default_rng(1))
-    assert p.labels == [1] and len(p.points) == 1
+    assert p.labels == (1,) and len(p.points) == 1
 
 
 def test_edits_are_uniform_among_errors():

@@ -31,12 +31,14 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from RadSAMLib import DEFAULT_MODEL
+from RadSAMLib.metrics import dice
 
 # The liver of the abdominal example spans 62 coronal slices (axis 1): a 60-slice run of
 # real CT slices (30 x 122 pixels each) on an object the base model follows reliably.
@@ -202,7 +204,7 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
     row["encode_ms_min"], row["encode_ms_med"] = 1e3 * min(per), 1e3 * statistics.median(per)
 
     # Decoder (full predict) on the cached prompt slice with a propagation-style prompt.
-    sess = Session(model, ct, engine=eng)
+    sess = Session(eng)
     strat = sess.strategy
     first = eng.predict(start, SlicePrompt(box=box)).mask
     prompt = strat.prompt_from_mask(first, frame.scale) if first.any() else SlicePrompt(box=box)
@@ -214,7 +216,7 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
     props, edits = [], []
     for r in range(args.prop_repeats):
         eng = SliceEngine(model, ct, axis=0)
-        sess = Session(model, ct, engine=eng)
+        sess = Session(eng)
         order = [start] + list(range(start + 1, hi + 1)) + list(range(start - 1, lo - 1, -1))
         sync(device)
         t0 = time.perf_counter()
@@ -244,8 +246,7 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
         ch = sess.edit(start, pt, positive=True)
         sync(device)
         row["edit_conv_s"], row["edit_conv_slices"] = time.perf_counter() - t0, len(ch.slices)
-        if hasattr(sess, "converge_dice"):
-            sess.converge_dice = 2.0  # never "converged": every slice to both bounds
+        sess.config = replace(sess.config, converge_dice=2.0)  # never "converged": every slice to both bounds
         sync(device)
         t0 = time.perf_counter()
         ch = sess.edit(start, (pt[0] + 1, pt[1]), positive=True)
@@ -286,7 +287,7 @@ def memory_check(base_model, ct, task, args, device):
     vol = vol.round_().to(torch.int16).numpy()
     model = accelerate(base_model, "auto", "auto", threads=args.threads)
     eng = SliceEngine(model, vol, axis=0)
-    sess = Session(model, vol, engine=eng)
+    sess = Session(eng)
     start, box, _ = task
     k0 = int(round((start + 0.5) * n / ct.shape[0] - 0.5))
     real = list(range(max(0, k0 - args.memory_real // 2), min(n, k0 + (args.memory_real + 1) // 2)))
@@ -294,12 +295,9 @@ def memory_check(base_model, ct, task, args, device):
     eng.encode_slices(real, batch_size=args.batch if device.type == "cuda" else 1)
     encode_s = time.perf_counter() - t0
     src = [eng.embedding(k) for k in real]
-    filled = 0
-    with eng._cache_lock:
-        for k in range(n):
-            if k not in eng._cache:
-                eng._cache[k] = src[k % len(src)].clone()
-                filled += 1
+    copies = {k: src[k % len(src)].clone() for k in sorted(set(range(n)) - set(eng.cached_slices()))}
+    eng.set_embeddings(copies)
+    filled = len(copies)
     sx, sy = 512 / ct.shape[2], 512 / ct.shape[1]
     box = (box[0] * sx, box[1] * sy, min(511.0, box[2] * sx), min(511.0, box[3] * sy))
     t0 = time.perf_counter()
@@ -311,11 +309,6 @@ def memory_check(base_model, ct, task, args, device):
             "cache_mb": eng.cache_bytes() / 2**20, "volume_mb": vol.nbytes / 2**20,
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": base_rss,
             "undo_steps": len(sess._undo)}
-
-
-def _dice(a, b) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
 def cold_start(args) -> int:
@@ -359,12 +352,12 @@ def format_table(rows) -> str:
         enc = "%.1f (%.1f)" % (r["encode_ms_min"], r["encode_ms_med"])
         if "encode_batch" in r:
             enc += " b%d" % r["encode_batch"]
-        dice = "%.4f (%.4f) | %.4f" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"], r["same_box_dice_min"]) if "dice_vs_eager_min" in r else "- | -"
+        dice_cell = "%.4f (%.4f) | %.4f" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"], r["same_box_dice_min"]) if "dice_vs_eager_min" in r else "- | -"
         lines.append("| %s | %s | %s | %s | %.1f (%.1f) | %.1f (%d) | %.2f (%s) | %.1f (%.2f, %d) | %.0f | %s | %.2f (%.1f) | %s | %s |" % (
             r["device"], r["encoder_backend"], r["decoder_backend"], enc, r["decode_ms_min"], r["decode_ms_med"],
             r["prop_slices_per_s"], r["slices"], r["prop_over_encode"], "%.2f" % r["prop_over_encode_in_run"] if "prop_over_encode_in_run" in r else "-", r["edit_slices_per_s"], r["edit_s_min"], r["edited"],
             r["peak_rss_mb"], "%.0f" % r["cuda_max_alloc_mb"] if "cuda_max_alloc_mb" in r else "-",
-            r["cold_start_s"], r["export_s"], ratio, dice))
+            r["cold_start_s"], r["export_s"], ratio, dice_cell))
     return "\n".join(lines)
 
 
@@ -452,9 +445,9 @@ def run(args) -> int:
             if (enc, dec) == ("torch", "eager"):
                 ref_masks, ref_same = masks, same
             elif ref_masks is not None:  # agreement with eager fp32 after the whole propagation
-                d = [_dice(a, b) for a, b in zip(masks, ref_masks)]
+                d = [dice(a, b) for a, b in zip(masks, ref_masks)]
                 r["dice_vs_eager_min"], r["dice_vs_eager_mean"] = float(min(d)), float(np.mean(d))
-                d = [_dice(a, b) for a, b in zip(same, ref_same) if a.sum() + b.sum() >= 20]
+                d = [dice(a, b) for a, b in zip(same, ref_same) if a.sum() + b.sum() >= 20]
                 r["same_box_dice_min"] = float(min(d)) if d else float("nan")
             rows.append(r)
             print(f"# {dev_name} {enc}:{dec} done in {time.perf_counter() - t0:.0f} s (load {r['load']}): "
