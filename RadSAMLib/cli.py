@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DEFAULT_MODEL, __version__
+from . import __version__
+from .catalog import DEFAULT_MODEL, MODELS
 from .errors import PromptError, RadSAMError
 from .prompts import SlicePrompt
 from .propagation import STRATEGIES
@@ -28,7 +29,9 @@ EXIT_USAGE = 2
 
 STRATEGY_HELP = (f"propagation, one of {', '.join(STRATEGIES)}: kind[:margin[:grow]] in model-frame pixels, e.g. "
                  "box:5, mask+box:5:4, hybrid:5 (hybrid asks with mask+box and with box, the higher predicted IoU wins); "
-                 "default: the model's own (radsam: hybrid:5, litemedsam and SAM: box)")
+                 "default: the model's own (" + ", ".join(f"{m.name} {m.default_strategy}" for m in MODELS) + ")")
+MODEL_HELP = ("; ".join(f"{m.name}{' (default)' if m.name == DEFAULT_MODEL else ''}: {m.description}" for m in MODELS)
+              + "; or a .safetensors RadSAM checkpoint")
 
 
 # -- prompt assembly ---------------------------------------------------------------------
@@ -223,9 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):
-        sp.add_argument("--model", default=DEFAULT_MODEL,
-                        help="radsam (default: LiteMedSAM fine-tuned for mask prompts, bundled), litemedsam (the base, "
-                             "bundled), sam_vit_b/l/h, or a .safetensors RadSAM checkpoint")
+        sp.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
         sp.add_argument("--checkpoint", help="weights file for sam_vit_* (or another LiteMedSAM .pth)")
         sp.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
 

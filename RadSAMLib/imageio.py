@@ -7,14 +7,13 @@ file and an existing file is only replaced when asked.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import ImageError, RadSAMError
+from .files import atomic_write
 
 
 def read_image(path) -> sitk.Image:
@@ -94,14 +93,7 @@ def write_mask(mask_kji: np.ndarray, reference: sitk.Image, path, force: bool = 
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     if not suffix:
         raise RadSAMError(f"output {path} needs an extension (.nii.gz, .nrrd, .mha)")
-    fd, tmp = tempfile.mkstemp(prefix=".radsam-", suffix=suffix, dir=path.parent)
-    os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True), suffix=suffix)
     except RuntimeError as e:
         raise RadSAMError(f"cannot write {path}: unsupported format or unwritable location") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from RadSAMLib.catalog import DEFAULT_MODEL   # torch-free; RadSAMLib ships in the extension
+
 from . import geometry, markups, segmentio
 from .errors import user_error
 from .jobs import Job, Worker
@@ -28,7 +30,7 @@ class ModelSpec:
     """Which model: a RadSAMLib name (``litemedsam``, ``radsam``, ``sam_vit_b``...), an
     optional checkpoint file and a device (``auto``, ``cpu``, ``cuda``)."""
 
-    name: str = "radsam"  # RadSAMLib.DEFAULT_MODEL, not imported: RadSAMLib may not be installed yet
+    name: str = DEFAULT_MODEL
     checkpoint: str | None = None
     device: str = "auto"
 

@@ -1,5 +1,6 @@
 """Reading/writing volumes with exact geometry, and the command line's error handling."""
 import json
+from pathlib import Path
 import os
 
 import numpy as np
@@ -237,3 +238,22 @@ def test_cli_segments_a_few_slices_and_reports_dice(ct, tmp_path, capsys):
     gt = read_label(ABDOMEN / "seg.nii.gz", read_image(ct)) == 5
     from RadSAMLib.metrics import dice
     assert dice(m[23:26], gt[23:26]) > 0.85
+
+
+def test_help_names_every_strategy_and_model_from_the_catalogue():
+    """``radsam segment --help`` lists every propagation strategy (hybrid included) and
+    every catalogued model; the catalogue's default strategy for the bundled fine-tune is
+    the one its weights name."""
+    from RadSAMLib.catalog import MODELS, entry
+    from RadSAMLib.cli import build_parser
+    from RadSAMLib.propagation import STRATEGIES
+    import RadSAMLib
+    sub = build_parser()._subparsers._group_actions[0].choices["segment"]
+    text = " ".join(sub.format_help().split())
+    for s in STRATEGIES:
+        assert s in text
+    assert "hybrid:5" in text
+    for m in MODELS:
+        assert m.name in text
+    sidecar = Path(RadSAMLib.__file__).parent / "weights" / "radsam_litemedsam.json"
+    assert json.loads(sidecar.read_text())["default_strategy"] == entry("radsam").default_strategy

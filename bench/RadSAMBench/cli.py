@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from RadSAMLib import DEFAULT_MODEL
 from RadSAMLib.errors import RadSAMError
+from RadSAMLib.files import atomic_write
 
 RESULTS_VERSION = 1
 
@@ -104,11 +103,10 @@ def _settings(args):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))   # compact: clicks make big files
-    os.chmod(tmp, 0o644)   # mkstemp makes it private; results are meant to be shared
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, separators=(",", ":"))   # compact: clicks make big files
+    atomic_write(path, write, suffix=".json")
 
 
 def _same_config(a: dict, b: dict) -> bool:

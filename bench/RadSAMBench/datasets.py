@@ -23,15 +23,14 @@ label (k,j,i) int, spacing (3,) mm in (k,j,i) order)``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from RadSAMLib.errors import RadSAMError
+from RadSAMLib.files import atomic_write
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 IMAGE_TAGS = ("ct", "image", "img")
@@ -284,14 +283,7 @@ def pack_dataset(src, dst, cases=None, labels=None, progress=True) -> Path:
         keep = np.isin(label, list(chosen))
         out_label = np.where(keep, label, 0).astype(np.uint8)
         out_image = np.clip(np.round(image), -32768, 32767).astype(np.int16)
-        fd, tmp = tempfile.mkstemp(prefix=".pack-", suffix=".npz", dir=dst)
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, image=out_image, label=out_label, spacing=np.asarray(sp, np.float32))
-            os.chmod(tmp, 0o644)   # mkstemp makes it private; a pack is meant to be shared
-            os.replace(tmp, dst / f"{case.name}.npz")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(dst / f"{case.name}.npz", lambda tmp: np.savez_compressed(
+            tmp, image=out_image, label=out_label, spacing=np.asarray(sp, np.float32)), suffix=".npz")
     (dst / "labels.json").write_text(json.dumps({str(v): n for v, n in chosen.items()}, indent=1) + "\n")
     return dst
