@@ -305,46 +305,15 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     Returns one dict per (object, setting) that was run, plus one per skipped object
     (``skipped`` holds the reason).
     """
-    from RadSAMLib.engine import SliceEngine
     protocol = protocol or Protocol()
     settings = [Setting.parse(s) for s in settings]
     if not settings:
         raise RadSAMError("no benchmark settings selected")
     t_case = time.perf_counter()
-    if isinstance(model_or_engine, SliceEngine):
-        engine = model_or_engine
-        if engine.axis != 0 or tuple(engine.volume.shape) != tuple(label_kji.shape):
-            raise RadSAMError("the engine must run on axis 0 of a volume shaped like the label array")
-    else:
-        engine = SliceEngine(model_or_engine, np.asarray(image_kji, np.float32), axis=0)
-    if tuple(image_kji.shape) != tuple(label_kji.shape):
-        raise RadSAMError(f"image {image_kji.shape} and label {label_kji.shape} arrays differ in shape")
-    model_name = model_name or engine.model.info.name
+    engine = _case_engine(model_or_engine, image_kji, label_kji)
     body = body_slices(np.asarray(image_kji), protocol.body_hu, protocol.min_body_fraction)
-
-    records, targets = [], []
-    base = {"model": model_name, "case": case}
-    for value, name in objects.items():
-        if name in skip:
-            continue
-        gt, bounds = object_target(label_kji, int(value), body)
-        vox = int(gt.sum())
-        nsl = 0 if bounds is None else int(len(object_slices(gt[bounds[0]:bounds[1] + 1])))
-        reason = None
-        if int((label_kji == int(value)).sum()) == 0:
-            reason = "absent"
-        elif bounds is None:
-            reason = "no body slices"
-        elif vox < protocol.min_voxels:
-            reason = f"{vox} voxels < {protocol.min_voxels}"
-        elif nsl < protocol.min_slices:
-            reason = f"{nsl} slices < {protocol.min_slices}"
-        if reason:
-            records.append({**base, "object": name, "value": int(value), "skipped": reason})
-            if on_object:
-                on_object(records[-1:])
-        else:
-            targets.append((int(value), name, bounds, vox, nsl))
+    base = {"model": model_name or engine.model.info.name, "case": case}
+    records, targets = _select_objects(label_kji, objects, body, protocol, skip, base, on_object)
 
     needed = sorted({k for _, _, (lo, hi), _, _ in targets for k in range(lo, hi + 1)})
     enc0, enc_s0 = engine.encode_count, engine.encode_seconds
@@ -380,3 +349,45 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
                        "total_s": round(time.perf_counter() - t_case, 4),
                        "device": str(engine.model.device)})
     return records
+
+
+def _case_engine(model_or_engine, image_kji, label_kji):
+    """The case's engine: the one given (checked against the arrays) or a new one (axis 0)."""
+    from RadSAMLib.engine import SliceEngine
+    if isinstance(model_or_engine, SliceEngine):
+        engine = model_or_engine
+        if engine.axis != 0 or tuple(engine.volume.shape) != tuple(label_kji.shape):
+            raise RadSAMError("the engine must run on axis 0 of a volume shaped like the label array")
+    else:
+        engine = SliceEngine(model_or_engine, np.asarray(image_kji, np.float32), axis=0)
+    if tuple(image_kji.shape) != tuple(label_kji.shape):
+        raise RadSAMError(f"image {image_kji.shape} and label {label_kji.shape} arrays differ in shape")
+    return engine
+
+
+def _select_objects(label_kji, objects, body, protocol, skip, base, on_object):
+    """``(records of the objects skipped, with the reason; targets (value, name, bounds,
+    voxels, slices) to run)``; objects named in ``skip`` are left out altogether."""
+    records, targets = [], []
+    for value, name in objects.items():
+        if name in skip:
+            continue
+        gt, bounds = object_target(label_kji, int(value), body)
+        vox = int(gt.sum())
+        nsl = 0 if bounds is None else int(len(object_slices(gt[bounds[0]:bounds[1] + 1])))
+        reason = None
+        if int((label_kji == int(value)).sum()) == 0:
+            reason = "absent"
+        elif bounds is None:
+            reason = "no body slices"
+        elif vox < protocol.min_voxels:
+            reason = f"{vox} voxels < {protocol.min_voxels}"
+        elif nsl < protocol.min_slices:
+            reason = f"{nsl} slices < {protocol.min_slices}"
+        if reason:
+            records.append({**base, "object": name, "value": int(value), "skipped": reason})
+            if on_object:
+                on_object(records[-1:])
+        else:
+            targets.append((int(value), name, bounds, vox, nsl))
+    return records, targets

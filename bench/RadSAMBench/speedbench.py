@@ -163,21 +163,30 @@ def loadavg() -> str:
 
 # -- one path ---------------------------------------------------------------------------------
 def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
-    from RadSAMLib.accel import accelerate
-    from RadSAMLib.engine import SliceEngine
-    from RadSAMLib.prompts import SlicePrompt
-    from RadSAMLib.session import Session
-
+    """One (encoder, decoder) path on one volume: a row of the table (see the module doc)."""
     start, box, (lo, hi) = task
-    n = hi - lo + 1
-    row = {"device": device.type, "encoder": enc_name, "decoder": dec_name, "slices": n}
+    row = {"device": device.type, "encoder": enc_name, "decoder": dec_name, "slices": hi - lo + 1}
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
+    model, eng = _cold_start(base_model, enc_name, dec_name, ct, task, args, device, load_s, row)
+    _time_encoder(model, eng, ct, task, args, device, row)
+    _time_decoder(eng, task, args, device, row)
+    _time_propagation_and_edits(model, ct, task, args, device, row)
+    row["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        row["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
 
-    # Cold start: build the paths (export included when the graph is not cached) + first slice.
+
+def _cold_start(base_model, enc_name, dec_name, ct, task, args, device, load_s, row):
+    """Build the paths (export included when the graph is not cached) + the first slice."""
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    start, box, _ = task
     t0 = time.perf_counter()
     model = accelerate(base_model, enc_name, dec_name, threads=args.threads)
     eng = SliceEngine(model, ct, axis=0)
@@ -186,8 +195,12 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
     row["cold_start_s"] = load_s + time.perf_counter() - t0
     row["export_s"] = getattr(model.encode, "export_seconds", 0.0) + getattr(model.decode, "export_seconds", 0.0)
     row["encoder_backend"], row["decoder_backend"] = model.backends["encoder"], model.backends["decoder"]
+    return model, eng
 
-    # Encoder alone, on real slices of the run (not the prompt slice: it is cached now).
+
+def _time_encoder(model, eng, ct, task, args, device, row):
+    """The encoder alone, on real slices of the run (not the prompt slice: it is cached)."""
+    start, _, (lo, hi) = task
     frame, win = eng.frame, eng.window
     ks = [k for k in range(lo, hi + 1) if k != start]
     if device.type == "cuda":
@@ -203,16 +216,28 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
         per = timed(lambda: model.encode(next(it)), args.repeats, device)
     row["encode_ms_min"], row["encode_ms_med"] = 1e3 * min(per), 1e3 * statistics.median(per)
 
-    # Decoder (full predict) on the cached prompt slice with a propagation-style prompt.
-    sess = Session(eng)
-    strat = sess.strategy
+
+def _time_decoder(eng, task, args, device, row):
+    """A full predict on the cached prompt slice with a propagation-style prompt."""
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    start, box, _ = task
+    strat = Session(eng).strategy
     first = eng.predict(start, SlicePrompt(box=box)).mask
-    prompt = strat.prompt_from_mask(first, frame.scale) if first.any() else SlicePrompt(box=box)
+    prompt = strat.prompt_from_mask(first, eng.frame.scale) if first.any() else SlicePrompt(box=box)
     eng.predict(start, prompt)
     dec = timed(lambda: eng.predict(start, prompt), max(5, 3 * args.repeats), device)
     row["decode_ms_min"], row["decode_ms_med"] = 1e3 * min(dec), 1e3 * statistics.median(dec)
 
-    # Volume-level propagation from cold: a fresh engine (empty cache) on the same model.
+
+def _time_propagation_and_edits(model, ct, task, args, device, row):
+    """Volume-level propagation from cold (a fresh engine, empty cache, on the same model),
+    then two correction clicks on the prompt slice, ``--prop-repeats`` times."""
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    start, box, (lo, hi) = task
+    n = hi - lo + 1
     props, edits = [], []
     for r in range(args.prop_repeats):
         eng = SliceEngine(model, ct, axis=0)
@@ -234,36 +259,36 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
         if r == 0:  # the same box on every slice: encoder/decoder error without propagation's feedback
             row["_same"] = np.stack([eng.predict(k, SlicePrompt(box=box)).mask for k in range(lo, hi + 1)])
         row["nonempty"] = int(sum(sess.slice_mask(k).any() for k in range(lo, hi + 1)))
-        # Edit: a positive point at the centre of the prompt slice's mask. As a user makes
-        # it, re-propagation stops where the new masks agree with the old (``edit_conv``);
-        # the timed figure is the worst case: re-propagation over the whole range (the
-        # session's convergence stop disabled), all from cached embeddings.
-        m = sess.slice_mask(start)
-        ys, xs = np.nonzero(m) if m.any() else (np.array([box[1], box[3]]), np.array([box[0], box[2]]))
-        pt = (float(np.median(xs)), float(np.median(ys)))
-        sync(device)
-        t0 = time.perf_counter()
-        ch = sess.edit(start, pt, positive=True)
-        sync(device)
-        row["edit_conv_s"], row["edit_conv_slices"] = time.perf_counter() - t0, len(ch.slices)
-        sess.config = replace(sess.config, converge_dice=2.0)  # never "converged": every slice to both bounds
-        sync(device)
-        t0 = time.perf_counter()
-        ch = sess.edit(start, (pt[0] + 1, pt[1]), positive=True)
-        sync(device)
-        edits.append(time.perf_counter() - t0)
-        row["edited"] = len(ch.slices)
+        edits.append(_time_edits(sess, task, device, row))
     row["prop_s_min"], row["prop_s_med"] = min(props), statistics.median(props)
     row["prop_slices_per_s"] = n / min(props)
     row["prop_over_encode"] = min(props) / (n * row["encode_ms_med"] / 1e3)
     row["prop_over_encode_in_run"] = props[-1] / max(row["prop_encode_s"], 1e-9)
     row["edit_s_min"], row["edit_s_med"] = min(edits), statistics.median(edits)
     row["edit_slices_per_s"] = row["edited"] / min(edits)
-    row["peak_rss_mb"] = peak_rss_mb()
-    if device.type == "cuda":
-        row["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    del model, eng, sess
-    return row
+
+
+def _time_edits(sess, task, device, row) -> float:
+    """A positive point at the centre of the prompt slice's mask. As a user makes it,
+    re-propagation stops where the new masks agree with the old (``edit_conv``); the
+    returned time is the worst case: a second click re-propagating over the whole range
+    (the session's convergence stop disabled), all from cached embeddings."""
+    start, box, _ = task
+    m = sess.slice_mask(start)
+    ys, xs = np.nonzero(m) if m.any() else (np.array([box[1], box[3]]), np.array([box[0], box[2]]))
+    pt = (float(np.median(xs)), float(np.median(ys)))
+    sync(device)
+    t0 = time.perf_counter()
+    ch = sess.edit(start, pt, positive=True)
+    sync(device)
+    row["edit_conv_s"], row["edit_conv_slices"] = time.perf_counter() - t0, len(ch.slices)
+    sess.config = replace(sess.config, converge_dice=2.0)  # never "converged": every slice to both bounds
+    sync(device)
+    t0 = time.perf_counter()
+    ch = sess.edit(start, (pt[0] + 1, pt[1]), positive=True)
+    sync(device)
+    row["edited"] = len(ch.slices)
+    return time.perf_counter() - t0
 
 
 def memory_check(base_model, ct, task, args, device):
