@@ -11,16 +11,14 @@ Strategies, i.e. how the previous slice's mask becomes the next slice's prompt:
   answer it scores higher (its predicted IoU) wins. A mask prompt keeps thin and
   low-contrast objects that a box loses to their neighbours; a box with slack lets an
   object grow back where a model given its neighbour's mask answers a little smaller on
-  every slice. Asking twice costs little in a propagation, where the encoder dominates
-  (1.11x the encoder alone, vs 1.06 with one prompt), but doubles decoder-only work: a
-  forced 60-slice edit re-propagation took 4.2 s instead of 2.4 s on 2 CPU cores.
+  every slice. Asking twice costs little in a propagation, where the encoder dominates,
+  but doubles decoder-only work (an edit's re-propagation).
 
 A mask prompt can be grown by ``grow`` model-frame pixels before it is given, the mask
-counterpart of the box margin: measured on the abdominal example, the head-and-neck
-fine-tunes shrink an organ a little on every slice when given its neighbour's exact mask
-(the stomach fell from 193 to 11 pixels in 7 slices), and growing the prompt by 6-8 px
-stopped that (stomach 0.47 -> 0.86-0.87 3D Dice). A model trained with grown mask prompts
-(``training`` config ``mask_prompt_grow``) names its grow in its default strategy.
+counterpart of the box margin: a model given its neighbour's exact mask may answer a
+little smaller on every slice, and a grown prompt stops that shrinking. A model trained
+with grown mask prompts (``training`` config ``mask_prompt_grow``) names its grow in its
+default strategy. The figures behind these choices: docs/benchmark/design.md.
 
 Spec strings: ``box``, ``box:5`` (margin 5), ``mask``, ``mask+box``, ``mask+box:5:4``
 (margin 5, mask grown 4), ``mask::4`` (mask alone, grown 4), ``hybrid:5``.

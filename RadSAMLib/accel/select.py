@@ -27,8 +27,7 @@ from ..models.base import SamFamilyModel
 from .decoder import FastDecoder
 from .torch_paths import CudaGraphDecoderCore, TorchDecoderCore, TorchEncoder
 
-# (OpenVINO in bf16 was ~2x faster than fp32 on this bf16-capable CPU but failed the bar:
-# liver Dice 0.9897 vs eager on a real slice; CPU torch bf16 likewise ~4% embedding error.)
+# (No bf16 path on the CPU: faster, but below the accuracy bar; docs/benchmark/design.md.)
 ENCODER_BACKENDS = ("auto", "torch", "torch-fp16", "torch-bf16", "onnx", "openvino")
 DECODER_BACKENDS = ("auto", "torch", "onnx", "cuda-graph", "cuda-graph-fp16", "eager")
 
@@ -72,9 +71,8 @@ def available_decoders(model, device=None) -> list[str]:
 
 def _auto_encoder(dev: torch.device, model=None) -> list[str]:
     if dev.type == "cuda":
-        # Half precision passes the Dice bar for SAM ViT-B (0.9967 min over a propagated
-        # run on an H100) but not for LiteMedSAM's TinyViT (propagated slices fall to 0.41
-        # Dice vs fp32): the 256-input models stay fp32 on a GPU.
+        # Half precision passes the Dice bar for SAM ViT-B but not for LiteMedSAM's TinyViT,
+        # whose propagated slices drift (docs/benchmark/design.md): 256-input models stay fp32.
         return ["torch-fp16"] if model is not None and model.input_size >= 1024 else ["torch"]
     if dev.type == "cpu":
         # ONNX Runtime first: OpenVINO fp32 used less CPU time per slice in isolation but was
