@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from RadSAMLib.catalog import DEFAULT_MODEL   # torch-free; RadSAMLib ships in the extension
+# Torch-free parts of RadSAMLib (it ships inside the extension; torch may not be installed yet).
+from RadSAMLib.catalog import DEFAULT_MODEL
+from RadSAMLib.config import RadSAMConfig
 
 from . import geometry, markups, segmentio
 from .errors import user_error
@@ -66,7 +68,7 @@ class RadSAMLogic:
         self.model_loader = model_loader or default_model_loader
         self.engine_factory = engine_factory or default_engine_factory
         self.worker = worker or Worker()
-        self.strategy = strategy
+        self.config = RadSAMConfig(strategy=strategy)   # a strategy spec is parsed here, once
         self.model_spec = ModelSpec()
         self._models: dict = {}
         self._engines: dict = {}       # (volume id, image mtime, axis, model spec) -> SliceEngine
@@ -118,10 +120,9 @@ class RadSAMLogic:
         skey = ekey + (target.segmentation_node.GetID(), target.segment_id)
         volume = None if ekey in self._engines else geometry.volume_array(target.volume_node)
         current = segmentio.read_segment(target.segmentation_node, target.segment_id, target.volume_node)
-        spec, strategy = self.model_spec, self.strategy
+        spec, config = self.model_spec, self.config
 
         def run(job: Job):
-            from RadSAMLib.config import RadSAMConfig
             from RadSAMLib.session import Session
             session = self._sessions.get(skey)
             if session is None:
@@ -136,7 +137,7 @@ class RadSAMLogic:
                     engines[ekey] = engine
                     self._engines = engines
                     self._sessions = {k: v for k, v in self._sessions.items() if k[:4] in engines}
-                session = Session(engine, RadSAMConfig(strategy=strategy))
+                session = Session(engine, config)
                 self._sessions[skey] = session
             if session.mask.shape != current.shape:
                 raise user_error("the volume changed shape; select it again")

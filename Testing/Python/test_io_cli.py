@@ -11,7 +11,7 @@ from RadSAMLib.cli import main
 from RadSAMLib.errors import CheckpointError, ImageError, RadSAMError
 from RadSAMLib.imageio import image_to_array, read_image, read_label, write_mask
 from RadSAMLib.models import load_model
-from conftest import ABDOMEN, DICOM, need
+from conftest import ABDOMEN, DICOM, ROOT, need
 
 OBLIQUE = sitk.VersorTransform((0.3, -0.2, 0.9), 0.4).GetMatrix()
 
@@ -257,3 +257,14 @@ def test_help_names_every_strategy_and_model_from_the_catalogue():
         assert m.name in text
     sidecar = Path(RadSAMLib.__file__).parent / "weights" / "radsam_litemedsam.json"
     assert json.loads(sidecar.read_text())["default_strategy"] == entry("radsam").default_strategy
+
+
+def test_catalogue_config_and_slices_import_without_torch():
+    """The Slicer module reads these before torch is installed."""
+    import subprocess
+    import sys
+    code = ("import sys\nimport RadSAMLib.catalog, RadSAMLib.config, RadSAMLib.slices, RadSAMLib.files\n"
+            "RadSAMLib.config.RadSAMConfig(strategy='hybrid:5')\n"
+            "assert 'torch' not in sys.modules\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
