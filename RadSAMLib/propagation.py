@@ -113,24 +113,24 @@ class Strategy:
         return SlicePrompt(box=box, points=list(extra_points), labels=list(extra_labels), mask=mask)
 
 
-def propagate(engine, strategy: Strategy, prev: np.ndarray, start: int, direction: int, limits, *,
+def propagate(engine, strategy: Strategy, prev: np.ndarray, start: int, direction: int, within, *,
               bounded: bool, min_score: float, min_pixels: int, old=None, converge_dice: float = 1.0):
     """Prompt each slice from its neighbour, from ``start + direction`` outward; a generator.
 
-    ``prev`` is slice ``start``'s bool mask ``(rows, cols)``; ``limits(k)`` is False where
+    ``prev`` is slice ``start``'s bool mask ``(rows, cols)``; ``within(k)`` is False where
     the run must stop (a bound, or an anchor whose own prompt outranks propagation). Yields
     ``(k, result, source)`` per slice in order: ``result`` a :class:`SliceResult`, or
     ``None`` for a slice that becomes empty; ``source`` the anchor the slice now derives
     from (``start``), or ``None`` when the slice only marks where the object ended. Each
     slice is predicted when the caller asks for it, so a caller that stops iterating stops
-    the model. ``bounded``: the user gave the object's extent (``limits``); without it the
+    the model. ``bounded``: the user gave the object's extent (``within``); without it the
     run stops where the object ends (predicted IoU below ``min_score`` or fewer than
     ``min_pixels`` pixels). With ``old(k)`` (the slice's mask before this run) the run
     also stops at the first slice whose new mask agrees with its old one (Dice at least
     ``converge_dice``): beyond it the old result is what the new one would be.
     """
     k = start + direction
-    while limits(k):
+    while within(k):
         if prev.sum() < min_pixels:
             if not bounded:
                 return

@@ -437,3 +437,21 @@ def test_engine_embeddings_can_be_seeded_and_shared_and_decodes_hooked(volume):
     c.set_decode_hook(None)
     c.predict(4, SlicePrompt(box=(1, 1, 5, 5)))
     assert len(seen) == 1
+
+
+def test_propagate_is_a_lazy_generator_of_slices(volume):
+    """The loop itself (no Session): each slice is predicted only when asked for, and it
+    stops at the first slice outside ``within``."""
+    from itertools import islice
+
+    from RadSAMLib.propagation import Strategy, propagate
+    eng = SliceEngine(FakeModel(), volume)
+    asked = []
+    eng.set_decode_hook(lambda idx, prompts, decode: asked.append(idx) or decode(idx, prompts))
+    prev = box_mask((10, 5, 30, 20))
+    steps = propagate(eng, Strategy.parse("mask"), prev, 5, +1, lambda k: 0 <= k <= 8, bounded=True,
+                      min_score=0.5, min_pixels=1)
+    first = list(islice(steps, 2))
+    assert [k for k, _, _ in first] == [6, 7] and asked == [6, 7]
+    assert all(src == 5 and np.array_equal(r.mask, prev) for _, r, src in first)
+    assert [k for k, _, _ in steps] == [8] and asked == [6, 7, 8]
