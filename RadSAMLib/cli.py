@@ -221,7 +221,10 @@ class _ProgressBar:
 
 # -- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="radsam", description="Segment a whole 3D organ in CT from one prompt.")
+    p = argparse.ArgumentParser(
+        prog="radsam", description="Segment a whole 3D organ in CT from one prompt.",
+        epilog=f"models: {', '.join(m.name for m in MODELS)} (default {DEFAULT_MODEL}); propagation strategies "
+               f"(--strategy): {', '.join(STRATEGIES)}, each kind[:margin[:grow]] (radsam segment -h)")
     p.add_argument("--version", action="version", version=f"radsam {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
