@@ -18,14 +18,11 @@ from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic i
 from RadSAMSlicerLib import dependencies, geometry
 from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
-# (label, RadSAMLib model name, needs a checkpoint file)
-MODELS = (
-    ("RadSAM (default: LiteMedSAM fine-tuned for mask prompts)", "radsam", False),
-    ("LiteMedSAM (base model)", "litemedsam", False),
-    ("SAM ViT-B (checkpoint file)", "sam_vit_b", True),
-    ("SAM ViT-L (checkpoint file)", "sam_vit_l", True),
-    ("SAM ViT-H (checkpoint file)", "sam_vit_h", True),
-)
+from RadSAMLib import catalog
+
+# (label, RadSAMLib model name, needs a checkpoint file), from RadSAMLib's torch-free
+# catalogue (RadSAMLib ships inside the extension; torch may not be installed yet).
+MODELS = tuple((m.label, m.name, m.needs_checkpoint) for m in catalog.MODELS)
 DEVICES = ("auto", "cpu", "cuda")
 
 # Keyboard shortcuts, active while the module is shown: widget name -> key. Plain letters

@@ -7,11 +7,7 @@ import the submodules you need, e.g. ``RadSAMLib.session``.
 """
 __version__ = "0.1.0"
 
-# The model used when none is named: LiteMedSAM plus the bundled fine-tune for mask
-# prompts (RadSAMLib/weights), which won the benchmark against the base model
-# (docs/benchmark/training.md). Here, not in models/, because Slicer reads it before torch.
-DEFAULT_MODEL = "radsam"
-
+from .catalog import DEFAULT_MODEL
 from .errors import BoundsError, CheckpointError, ImageError, PromptError, RadSAMError
 
 __all__ = ["__version__", "DEFAULT_MODEL", "RadSAMError", "PromptError", "BoundsError", "ImageError", "CheckpointError"]

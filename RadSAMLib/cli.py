@@ -2,8 +2,8 @@
 
     radsam segment IMAGE -o MASK --slice K --box X0 Y0 X1 Y1 [--bounds KMIN KMAX] ...
     radsam info
-    radsam benchmark ...      (RadSAMLib.benchmark)
-    radsam bench-speed ...    (RadSAMLib.speedbench)
+    radsam benchmark ...      (RadSAMBench.cli, the development tools in bench/)
+    radsam bench-speed ...    (RadSAMBench.speedbench)
 
 Prompts are voxel indices: ``--slice`` indexes the propagation axis (default: the
 volume's slice axis, k), ``x``/``y`` are the column/row of that slice (i/j for axis k).
@@ -21,10 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DEFAULT_MODEL, __version__
+from . import __version__
+from .catalog import DEFAULT_MODEL, MODELS
 from .errors import RadSAMError
+from .propagation import STRATEGIES
 
 EXIT_USAGE = 2
+
+STRATEGY_HELP = (f"propagation, one of {', '.join(STRATEGIES)}: kind[:margin[:grow]] in model-frame pixels, e.g. "
+                 "box:5, mask+box:5:4, hybrid:5 (hybrid asks with mask+box and with box, the higher predicted IoU wins); "
+                 "default: the model's own (" + ", ".join(f"{m.name} {m.default_strategy}" for m in MODELS) + ")")
+MODEL_HELP = ("; ".join(f"{m.name}{' (default)' if m.name == DEFAULT_MODEL else ''}: {m.description}" for m in MODELS)
+              + "; or a .safetensors RadSAM checkpoint")
 
 
 # -- checks (all before the model loads) -------------------------------------------------
@@ -201,18 +209,22 @@ def cmd_segment(args) -> int:
 
 def _segment(args, volume, request, strategy):
     """Load the model and run the checked request -> ``(session, load s, segmentation s)``."""
+    from .config import RadSAMConfig
     from .models import load_model
     from .session import Session
 
+    config = RadSAMConfig(strategy=strategy)
     t0 = time.perf_counter()
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     t_load = time.perf_counter() - t0
     bar = _ProgressBar(enabled=not args.quiet)
-    session = Session(model, volume, axis=args.axis, strategy=strategy, progress=bar.update,
-                      encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
+    session = Session.from_volume(model, volume, axis=args.axis, config=config,
+                                  encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
     t1 = time.perf_counter()
     try:
-        request.run(session, before_edit=lambda e: setattr(bar, "label", f"edit slice {e.slice}"))
+        for label, interaction in request.interactions(session):
+            bar.label = label
+            bar.follow(interaction)
     finally:
         bar.close()
     return session, t_load, time.perf_counter() - t1
@@ -260,7 +272,7 @@ def cmd_info(args) -> int:
 
 
 class _ProgressBar:
-    """A tqdm bar on stderr fed by the session's progress callback (slices/s shown)."""
+    """A tqdm bar on stderr that follows a session's interaction (slices/s shown)."""
 
     def __init__(self, enabled=True):
         self.enabled = enabled and sys.stderr is not None
@@ -276,6 +288,12 @@ class _ProgressBar:
                 self.bar.close()
             self.bar = tqdm(total=total, desc=self.label, unit="slice", file=sys.stderr, leave=False)
         self.bar.update(done - self.bar.n)
+
+    def follow(self, interaction):
+        """Run ``interaction`` to the end, showing its progress; returns its ``Change``."""
+        for u in interaction:
+            self.update(u.done, u.total)
+        return interaction.change
 
     def close(self):
         if self.bar is not None:
@@ -302,14 +320,15 @@ def _finite_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="radsam", description="Segment a whole 3D organ in CT from one prompt.")
+    p = _Parser(
+        prog="radsam", description="Segment a whole 3D organ in CT from one prompt.",
+        epilog=f"models: {', '.join(m.name for m in MODELS)} (default {DEFAULT_MODEL}); propagation strategies "
+               f"(--strategy): {', '.join(STRATEGIES)}, each kind[:margin[:grow]] (radsam segment -h)")
     p.add_argument("--version", action="version", version=f"radsam {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp):
-        sp.add_argument("--model", default=DEFAULT_MODEL,
-                        help="radsam (default: LiteMedSAM fine-tuned for mask prompts, bundled), litemedsam (the base, "
-                             "bundled), sam_vit_b/l/h, or a .safetensors RadSAM checkpoint")
+        sp.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
         sp.add_argument("--checkpoint", help="weights file for sam_vit_* (or another LiteMedSAM .pth)")
         sp.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
 
@@ -325,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--edit", nargs=4, action="append", metavar=("K", "X", "Y", "SIGN"),
                    help="correction point on slice K, SIGN + or - (repeatable, applied in order)")
     s.add_argument("--prompts", help="JSON file with slice/box/points/labels/bounds/edits, or slices: {k: prompt} for slice-level")
-    s.add_argument("--strategy", default=None, help="propagation: mask, box[:margin], mask+box[:margin[:grow]] (model-frame px; default: the model's)")
+    s.add_argument("--strategy", default=None, help=STRATEGY_HELP)
     s.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="propagation axis of the (k, j, i) array (default 0 = k)")
     s.add_argument("--reference", help="reference label volume: prints the 3D Dice")
     s.add_argument("--label", type=int, help="label value of the object in --reference")
@@ -349,17 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands with their own parser, imported only when asked for: the speed benchmark
 # imports torch at import time, which would add ~1-2 s to every ``radsam --help``.
 PLUGINS = {
-    "benchmark": ("RadSAMLib.benchmark.cli", "simulated-user 3D Dice benchmark (radsam benchmark -h)"),
-    "bench-speed": ("RadSAMLib.speedbench", "speed benchmark: ms/slice, slices/s, peak memory (radsam bench-speed -h)"),
+    "benchmark": ("RadSAMBench.cli", "simulated-user 3D Dice benchmark (radsam benchmark -h)"),
+    "bench-speed": ("RadSAMBench.speedbench", "speed benchmark: ms/slice, slices/s, peak memory (radsam bench-speed -h)"),
 }
 
 
 def _run_plugin(name, argv) -> int:
     import importlib
+    import importlib.util
+    if importlib.util.find_spec("RadSAMBench") is None:
+        raise RadSAMError(f"radsam {name} needs RadSAM's development tools, which are not installed "
+                          "(from a checkout: pip install -e bench, or bash scripts/setup.sh)")
     try:
         module = importlib.import_module(PLUGINS[name][0])
     except ImportError as e:
-        raise RadSAMError(f"radsam {name} cannot start: {e} (pip install 'radsam[bench]')") from e
+        raise RadSAMError(f"radsam {name} cannot start: {e}") from e
     p = argparse.ArgumentParser(prog=f"radsam {name}", description=PLUGINS[name][1])
     module.add_arguments(p)
     return int(module.run(p.parse_args(argv)) or 0)

@@ -3,7 +3,9 @@
 ``SliceEngine`` is the "set an image once, predict many times" object of RadSAM: each
 slice across the propagation axis is encoded at most once (lazily, or ahead of time in a
 background thread) and the embedding is kept, so re-propagation after an edit only runs
-the light mask decoder.
+the light mask decoder. Engines over the same volume whose models share the image
+encoder's weights can share their embeddings (:meth:`SliceEngine.share_embeddings`), and
+embeddings computed elsewhere can be given to an engine (:meth:`SliceEngine.set_embeddings`).
 """
 from __future__ import annotations
 
@@ -13,10 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import BoundsError, ImageError
+from .config import RadSAMConfig
+from .errors import BoundsError, ImageError, RadSAMError
 from .preprocess import SliceFrame, Window
 from .prompts import SlicePrompt
 from .request import check_slice_index
+from .slices import slice_index
+
+__all__ = ["SliceEngine", "SliceResult", "check_slice_index", "slice_index"]
 
 
 @dataclass
@@ -38,31 +44,30 @@ class SliceResult:
         return float(self.scores[0])
 
 
-def slice_index(axis: int, idx: int) -> tuple:
-    """Numpy index of slice ``idx`` across ``axis`` of a ``(k, j, i)`` array."""
-    key = [slice(None)] * 3
-    key[axis] = idx
-    return tuple(key)
-
-
 class SliceEngine:
     """Slices of a ``(k, j, i)`` HU volume across ``axis``, encoded once each.
 
     A slice across axis 0 is ``(rows=j, cols=i)``; across axis 1 ``(k, i)``; across
-    axis 2 ``(k, j)``. Prompts use ``(x=col, y=row)`` of that slice.
+    axis 2 ``(k, j)``. Prompts use ``(x=col, y=row)`` of that slice. ``config`` supplies
+    the encoder batching (:class:`RadSAMConfig`); ``encoder_backend`` / ``decoder_backend``
+    pick an inference path by name (``"torch"``: eager PyTorch; see ``RadSAMLib.accel``),
+    ``encode_fn`` / ``decode_fn`` replace them outright.
     """
 
     def __init__(self, model, volume: np.ndarray, axis: int = 0, window: Window = Window(),
-                 cache_dtype=torch.float16, encode_fn=None, decode_fn=None,
-                 encoder_backend: str = "auto", decoder_backend: str = "auto"):
+                 config: RadSAMConfig | None = None, *, cache_dtype=torch.float16, encode_fn=None,
+                 decode_fn=None, encoder_backend: str = "auto", decoder_backend: str = "auto"):
         if volume.ndim != 3:
             raise ImageError(f"volume is {volume.ndim}D; RadSAM segments 3D volumes")
+        if config is not None and not isinstance(config, RadSAMConfig):
+            raise TypeError(f"SliceEngine config must be a RadSAMConfig, got {type(config).__name__}")
         if axis not in (0, 1, 2):
             raise BoundsError(f"propagation axis must be 0, 1 or 2, got {axis}")
         self.model = model
         self.volume = volume
         self.axis = axis
         self.window = window
+        self.config = config or RadSAMConfig()
         self.num_slices = volume.shape[axis]
         self.slice_shape = tuple(s for a, s in enumerate(volume.shape) if a != axis)
         self.frame = SliceFrame(self.slice_shape, model.input_size)
@@ -72,10 +77,9 @@ class SliceEngine:
         # The fastest path that matches eager fp32 (RadSAMLib.accel; ONNX Runtime on CPU,
         # CUDA graphs on GPU), built once per model; "torch"/"eager" force plain PyTorch.
         from .accel import make_decoder, make_encoder
-        self.encode_fn = encode_fn or make_encoder(model, backend=encoder_backend)
+        self.encode_fn = encode_fn or make_encoder(model, backend=encoder_backend, batch_size=self.config.encoder_batch)
         self.decode_fn = decode_fn or make_decoder(model, backend=decoder_backend)
-        # On a GPU one slice per encoder call is launch-bound: prefetch in batches there.
-        self.prefetch_batch = 16 if model.device.type == "cuda" else 1
+        self.prefetch_batch = self.config.prefetch_batch or (16 if model.device.type == "cuda" else 1)
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_lock = threading.Lock()
         self._encode_lock = threading.Lock()
@@ -83,6 +87,7 @@ class SliceEngine:
         self._prefetch_stop = threading.Event()
         self.encode_count = 0       # slices encoded (tests check "encode once")
         self.encode_seconds = 0.0
+        self._decode_hook = None
 
     # -- slices ------------------------------------------------------------------------
     def check_index(self, idx: int, what: str = "slice") -> int:
@@ -151,7 +156,59 @@ class SliceEngine:
             self._prefetch_thread = None
 
     def cache_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._cache.values())
+        return sum(t.numel() * t.element_size() for t in list(self._cache.values()))
+
+    def cached_slices(self) -> list:
+        """Indices of the slices whose embeddings are held, sorted."""
+        return sorted(self._cache)
+
+    def set_embeddings(self, embeddings) -> None:
+        """Give the engine embeddings computed elsewhere (e.g. a training store): a mapping
+        ``{slice index: (1, 256, E, E) tensor}`` or one ``(num_slices, 256, E, E)`` tensor
+        for every slice. They must come from this model's image encoder on this volume's
+        slices, windowed and framed as :meth:`embedding` would; they are stored as the
+        engine's own (``cache_dtype``) and replace any held for the same slices."""
+        if isinstance(embeddings, torch.Tensor):
+            if len(embeddings) != self.num_slices:
+                raise RadSAMError(f"{len(embeddings)} embeddings for a volume of {self.num_slices} slices")
+            embeddings = {k: embeddings[k:k + 1] for k in range(self.num_slices)}
+        dev = "cpu" if self.model.device.type == "cpu" else self.model.device
+        items = {}
+        for k, emb in embeddings.items():
+            k = self.check_index(k)
+            if emb.dim() == 3:
+                emb = emb[None]
+            if emb.dim() != 4 or len(emb) != 1:
+                raise RadSAMError(f"embedding of slice {k} has shape {tuple(emb.shape)}; expected (1, C, E, E)")
+            items[k] = emb.to(dev, self.cache_dtype)
+        with self._cache_lock:
+            self._cache.update(items)
+
+    def share_embeddings(self, other: "SliceEngine") -> None:
+        """Use ``other``'s embeddings (and let it use the ones this engine computes): one
+        cache for both. Allowed only when an embedding of one is an embedding of the other:
+        the same volume, axis, window and input size, and image encoders with the same
+        weights (e.g. a fine-tune that kept its base model's encoder)."""
+        from .accel.cache import weights_sha256
+        same = (other.volume is self.volume or (other.volume.shape == self.volume.shape
+                                                and np.array_equal(other.volume, self.volume)))
+        same = (same and other.axis == self.axis and other.window == self.window
+                and other.model.input_size == self.model.input_size and other.cache_dtype == self.cache_dtype)
+        if not same:
+            raise RadSAMError("cannot share embeddings between engines over different volumes, axes, windows or input sizes")
+        if other.model is not self.model:
+            encoders = [getattr(m, "image_encoder", None) for m in (self.model, other.model)]
+            if None in encoders or weights_sha256(encoders[0]) != weights_sha256(encoders[1]):
+                raise RadSAMError("cannot share embeddings: the two models' image encoders differ")
+        self._cache, self._cache_lock, self._encode_lock = other._cache, other._cache_lock, other._encode_lock
+
+    # -- decode hook -----------------------------------------------------------------------
+    def set_decode_hook(self, hook) -> None:
+        """Route every prediction through ``hook(idx, prompts, decode) -> SliceResult``,
+        where ``decode(idx, prompts)`` is the engine's own :meth:`predict_best` (so a hook
+        may time it, memoise it or pass it through); ``None`` removes the hook. Used by the
+        benchmark to reuse identical decoder calls across settings."""
+        self._decode_hook = hook
 
     # -- prediction --------------------------------------------------------------------
     def predict(self, idx: int, prompt: SlicePrompt) -> SliceResult:
@@ -163,6 +220,12 @@ class SliceEngine:
         """Ask slice ``idx`` with each of ``prompts``; the answer whose primary mask has the
         highest predicted IoU wins (the first on a tie). Only the winner is mapped back to
         the slice: that resampling costs about as much as the decoder itself."""
+        if self._decode_hook is not None:
+            return self._decode_hook(idx, prompts, self._predict_best)
+        return self._predict_best(idx, prompts)
+
+    @torch.no_grad()
+    def _predict_best(self, idx: int, prompts) -> SliceResult:
         f = self.frame
         best = None
         for prompt in prompts:

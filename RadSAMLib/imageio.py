@@ -11,7 +11,6 @@ import contextlib
 import gzip
 import os
 import re
-import secrets
 import struct
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import ImageError, RadSAMError
+from .files import atomic_write
 
 # Mask formats written atomically as ONE 3D file (a .mhd/.nhdr header names its data file,
 # which a temp-then-rename write would leave pointing at the temp name; .png/.jpg are 2D).
@@ -263,24 +263,9 @@ def write_mask(mask_kji: np.ndarray, reference: sitk.Image, path, force: bool = 
     image = mask_to_image(mask_kji, reference)
     # Keep the real extension(s) on the temp name: SimpleITK picks the writer from it.
     suffix = next(s for s in OUTPUT_SUFFIXES if path.name.lower().endswith(s))
-    tmp = None
     try:
-        # os.open with mode 0o666 applies the user's umask, as any new file gets
-        # (mkstemp would force 0600 and colleagues could not read the mask).
-        while tmp is None:
-            cand = path.parent / f".radsam-{secrets.token_hex(6)}{suffix}"
-            try:
-                os.close(os.open(cand, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-                tmp = cand
-            except FileExistsError:
-                continue
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True), suffix=suffix)
     except RuntimeError as e:
         raise RadSAMError(f"cannot write {path}: {_itk_reason(e)}") from e
     except OSError as e:
         raise RadSAMError(f"cannot write {path}: {e.strerror or e}") from e
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
-    return path

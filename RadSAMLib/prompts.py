@@ -6,27 +6,43 @@ of a ``(k, j, i)`` volume: ``x = i``, ``y = j``). Boxes are inclusive pixel indi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import PromptError
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class SlicePrompt:
-    """Any mix of a box, positive/negative points and a binary mask on one slice."""
+    """Any mix of a box, positive/negative points and a binary mask on one slice.
 
-    box: tuple | None = None
-    points: list = field(default_factory=list)   # [(x, y), ...]
-    labels: list = field(default_factory=list)   # 1 positive, 0 negative, one per point
+    Immutable: ``points`` and ``labels`` are stored as tuples and ``mask`` as a read-only
+    bool copy, so a session that keeps a prompt (as an anchor) cannot be changed by its
+    caller afterwards. Derive changed prompts with :meth:`with_points` or
+    ``dataclasses.replace``.
+    """
+
+    box: tuple | None = None                     # (x0, y0, x1, y1), inclusive pixel indices
+    points: tuple = ()                           # ((x, y), ...)
+    labels: tuple = ()                           # 1 positive, 0 negative, one per point
     mask: np.ndarray | None = None               # bool (rows, cols)
+
+    def __post_init__(self):
+        if self.box is not None:
+            object.__setattr__(self, "box", tuple(self.box))
+        object.__setattr__(self, "points", tuple(tuple(p) for p in self.points))
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.mask is not None:
+            mask = np.array(self.mask, dtype=bool)   # a copy: the caller's array stays theirs
+            mask.setflags(write=False)
+            object.__setattr__(self, "mask", mask)
 
     def is_empty(self) -> bool:
         return self.box is None and not self.points and (self.mask is None or not self.mask.any())
 
     def with_points(self, points, labels) -> "SlicePrompt":
-        return replace(self, points=list(self.points) + list(points), labels=list(self.labels) + list(labels))
+        return replace(self, points=self.points + tuple(points), labels=self.labels + tuple(labels))
 
     def validate(self, shape, where: str = "") -> "SlicePrompt":
         """Check the prompt against a slice of ``shape`` (rows, cols); return it."""

@@ -11,16 +11,14 @@ Strategies, i.e. how the previous slice's mask becomes the next slice's prompt:
   answer it scores higher (its predicted IoU) wins. A mask prompt keeps thin and
   low-contrast objects that a box loses to their neighbours; a box with slack lets an
   object grow back where a model given its neighbour's mask answers a little smaller on
-  every slice. Asking twice costs little in a propagation, where the encoder dominates
-  (1.11x the encoder alone, vs 1.06 with one prompt), but doubles decoder-only work: a
-  forced 60-slice edit re-propagation took 4.2 s instead of 2.4 s on 2 CPU cores.
+  every slice. Asking twice costs little in a propagation, where the encoder dominates,
+  but doubles decoder-only work (an edit's re-propagation).
 
 A mask prompt can be grown by ``grow`` model-frame pixels before it is given, the mask
-counterpart of the box margin: measured on the abdominal example, the head-and-neck
-fine-tunes shrink an organ a little on every slice when given its neighbour's exact mask
-(the stomach fell from 193 to 11 pixels in 7 slices), and growing the prompt by 6-8 px
-stopped that (stomach 0.47 -> 0.86-0.87 3D Dice). A model trained with grown mask prompts
-(``training`` config ``mask_prompt_grow``) names its grow in its default strategy.
+counterpart of the box margin: a model given its neighbour's exact mask may answer a
+little smaller on every slice, and a grown prompt stops that shrinking. A model trained
+with grown mask prompts (``training`` config ``mask_prompt_grow``) names its grow in its
+default strategy. The figures behind these choices: docs/benchmark/design.md.
 
 Spec strings: ``box``, ``box:5`` (margin 5), ``mask``, ``mask+box``, ``mask+box:5:4``
 (margin 5, mask grown 4), ``mask::4`` (mask alone, grown 4), ``hybrid:5``.
@@ -32,6 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import RadSAMError
+from .metrics import dice
 from .prompts import SlicePrompt, box_of_mask
 
 STRATEGIES = ("mask", "box", "mask+box", "hybrid")
@@ -39,11 +38,13 @@ STRATEGIES = ("mask", "box", "mask+box", "hybrid")
 
 @dataclass(frozen=True)
 class Strategy:
+    """How a slice's mask becomes its neighbour's prompt (``kind``: see the module doc);
+    ``margin`` and ``grow`` are model-frame pixels (the box around the previous mask, and
+    the growth of the mask prompt). Parse spec strings with :meth:`parse`."""
+
     kind: str = "box"
-    margin: float = 5.0        # model-frame pixels around the previous mask's box (best of 0-8 on the abdominal example)
-    grow: float = 0.0          # model-frame pixels the previous mask grows by before it is a mask prompt
-    min_score: float = 0.5     # unbounded propagation stops below this predicted IoU
-    min_pixels: int = 1        # ... or when the mask has fewer pixels
+    margin: float = 5.0
+    grow: float = 0.0
 
     def __post_init__(self):
         if self.kind not in STRATEGIES:
@@ -110,6 +111,43 @@ class Strategy:
         if self.uses_mask:
             mask = grow_mask(prev, self.grow / scale) if self.grow else prev
         return SlicePrompt(box=box, points=list(extra_points), labels=list(extra_labels), mask=mask)
+
+
+def propagate(engine, strategy: Strategy, prev: np.ndarray, start: int, direction: int, within, *,
+              bounded: bool, min_score: float, min_pixels: int, old=None, converge_dice: float = 1.0):
+    """Prompt each slice from its neighbour, from ``start + direction`` outward; a generator.
+
+    ``prev`` is slice ``start``'s bool mask ``(rows, cols)``; ``within(k)`` is False where
+    the run must stop (a bound, or an anchor whose own prompt outranks propagation). Yields
+    ``(k, result, source)`` per slice in order: ``result`` a :class:`SliceResult`, or
+    ``None`` for a slice that becomes empty; ``source`` the anchor the slice now derives
+    from (``start``), or ``None`` when the slice only marks where the object ended. Each
+    slice is predicted when the caller asks for it, so a caller that stops iterating stops
+    the model. ``bounded``: the user gave the object's extent (``within``); without it the
+    run stops where the object ends (predicted IoU below ``min_score`` or fewer than
+    ``min_pixels`` pixels). With ``old(k)`` (the slice's mask before this run) the run
+    also stops at the first slice whose new mask agrees with its old one (Dice at least
+    ``converge_dice``): beyond it the old result is what the new one would be.
+    """
+    k = start + direction
+    while within(k):
+        if prev.sum() < min_pixels:
+            if not bounded:
+                return
+            # The object was lost: the rest of this run is empty, not stale.
+            yield k, None, start
+            k += direction
+            continue
+        r = engine.predict_best(k, strategy.candidates(prev, engine.frame.scale))
+        if not bounded and (r.score < min_score or r.mask.sum() < min_pixels):
+            yield k, None, None
+            return
+        before = old(k) if old is not None else None
+        yield k, r, start
+        if before is not None and dice(r.mask, before) >= converge_dice:
+            return
+        prev = r.mask
+        k += direction
 
 
 def grow_mask(mask: np.ndarray, radius: float) -> np.ndarray:

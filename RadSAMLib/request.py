@@ -162,17 +162,16 @@ class Request:
     slices: dict | None = None
     edits: list = field(default_factory=list)
 
-    def run(self, session, before_edit=None):
-        """Apply the request to a fresh ``Session``: the prompt (or slice prompts), then the
-        edits in order (``before_edit(edit)`` is called before each)."""
+    def interactions(self, session):
+        """The request's interactions on ``session`` in order, as ``(label, Interaction)``:
+        the prompt (or the slice prompts), then each edit. Each one is built (and checked
+        against the session) only once the caller has run the one before."""
         if self.slices is not None:
-            session.segment_slices(self.slices)
+            yield "slice-level", session.segment_slices_iter(self.slices)
         else:
-            session.segment(self.slice, self.prompt, bounds=self.bounds)
+            yield "propagation", session.segment_iter(self.slice, self.prompt, bounds=self.bounds)
         for e in self.edits:
-            if before_edit is not None:
-                before_edit(e)
-            session.edit(e.slice, e.point, e.positive)
+            yield f"edit slice {e.slice}", session.edit_iter(e.slice, e.point, e.positive)
 
 
 def check_request(spec: dict, shape, axis: int = 0, mask_volume=None) -> Request:

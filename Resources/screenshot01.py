@@ -28,7 +28,7 @@ K, BOUNDS = 22, (14, 27)
 img = read_image(DATA / "ct.nii.gz")
 vol, lab = image_to_array(img), read_label(DATA / "seg.nii.gz", img)
 box = box_of_mask(lab[K] == 1, margin=2)
-session = Session(load_model("litemedsam", device="cpu"), vol)
+session = Session.from_volume(load_model("litemedsam", device="cpu"), vol)
 session.segment(K, SlicePrompt(box=box), bounds=BOUNDS)
 m = session.mask.astype(bool)
 

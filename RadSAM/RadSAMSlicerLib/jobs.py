@@ -35,8 +35,6 @@ class Job:
     def slice_done(self, idx: int, mask) -> None:
         with self._lock:
             self._slices[int(idx)] = mask
-        if self.cancel_requested.is_set() and self._cancel_fn is not None:
-            self._cancel_fn()   # re-assert: a cancel may have raced with the interaction's start
 
     def set_progress(self, done: int, total: int) -> None:
         with self._lock:

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Torch-free parts of RadSAMLib (it ships inside the extension; torch may not be installed yet).
+from RadSAMLib.catalog import DEFAULT_MODEL
+from RadSAMLib.config import RadSAMConfig
+
 from . import geometry, markups, segmentio
 from .errors import user_error
 from .jobs import Job, Worker
@@ -28,7 +32,7 @@ class ModelSpec:
     """Which model: a RadSAMLib name (``litemedsam``, ``radsam``, ``sam_vit_b``...), an
     optional checkpoint file and a device (``auto``, ``cpu``, ``cuda``)."""
 
-    name: str = "radsam"  # RadSAMLib.DEFAULT_MODEL, not imported: RadSAMLib may not be installed yet
+    name: str = DEFAULT_MODEL
     checkpoint: str | None = None
     device: str = "auto"
 
@@ -64,7 +68,7 @@ class RadSAMLogic:
         self.model_loader = model_loader or default_model_loader
         self.engine_factory = engine_factory or default_engine_factory
         self.worker = worker or Worker()
-        self.strategy = strategy
+        self.config = RadSAMConfig(strategy=strategy)   # a strategy spec is parsed here, once
         self.model_spec = ModelSpec()
         self._models: dict = {}
         self._engines: dict = {}       # (volume id, image mtime, axis, model spec) -> SliceEngine
@@ -107,7 +111,8 @@ class RadSAMLogic:
         return _Target(volume_node, segmentation_node, segment_id, axis)
 
     def _session_job(self, target: _Target, interact, name: str) -> Job:
-        """Submit ``interact(session) -> Change`` for ``target`` to the worker. Voxels are
+        """Submit ``interact(session) -> Interaction`` for ``target`` to the worker, which
+        iterates it, handing each finished slice to the job. Voxels are
         read here, on the main thread; the model, engine and session are made on the worker."""
         if self.busy:
             raise user_error("RadSAM is still working: wait for it or press Cancel")
@@ -115,7 +120,7 @@ class RadSAMLogic:
         skey = ekey + (target.segmentation_node.GetID(), target.segment_id)
         volume = None if ekey in self._engines else geometry.volume_array(target.volume_node)
         current = segmentio.read_segment(target.segmentation_node, target.segment_id, target.volume_node)
-        spec, strategy = self.model_spec, self.strategy
+        spec, config = self.model_spec, self.config
 
         def run(job: Job):
             from RadSAMLib.session import Session
@@ -132,17 +137,19 @@ class RadSAMLogic:
                     engines[ekey] = engine
                     self._engines = engines
                     self._sessions = {k: v for k, v in self._sessions.items() if k[:4] in engines}
-                session = Session(engine.model, engine.volume, axis=target.axis, strategy=strategy, engine=engine)
+                session = Session(engine, config)
                 self._sessions[skey] = session
             if session.mask.shape != current.shape:
                 raise user_error("the volume changed shape; select it again")
             if not np.array_equal(session.mask, current):
                 np.copyto(session.mask, current)   # the segment is the truth: keep hand edits
-            session.on_slice = lambda idx, result: job.slice_done(idx, session.slice_mask(idx).copy())
-            session.progress = job.set_progress
             job.session = session
-            job.on_cancel(session.cancel)
-            return interact(session)
+            interaction = interact(session)
+            job.on_cancel(interaction.cancel)
+            for u in interaction:
+                job.slice_done(u.index, session.slice_mask(u.index).copy())
+                job.set_progress(u.done, u.total)
+            return interaction.change
 
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
@@ -155,7 +162,7 @@ class RadSAMLogic:
         (inclusive ``(bottom, top)`` slice indices along ``target.axis``)."""
         if bounds is not None and (bounds[0] is None or bounds[1] is None):
             raise user_error("set both the bottom and the top slice (or neither)", "BoundsError")
-        return self._session_job(target, lambda s: s.segment(slice_idx, prompt, bounds=bounds), "segment")
+        return self._session_job(target, lambda s: s.segment_iter(slice_idx, prompt, bounds=bounds), "segment")
 
     def start_segment_from_markups(self, target: _Target, bounds=None, box_node=None, positive=None,
                                    negative=None, mask_slice: int | None = None) -> Job:
@@ -174,7 +181,7 @@ class RadSAMLogic:
 
     def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job:
         """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate."""
-        return self._session_job(target, lambda s: s.edit(slice_idx, point_xy, positive), "edit")
+        return self._session_job(target, lambda s: s.edit_iter(slice_idx, point_xy, positive), "edit")
 
     def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job:
         """A correction click at world RAS ``ras``."""

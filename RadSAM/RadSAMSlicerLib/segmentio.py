@@ -19,6 +19,7 @@ import vtk
 from vtk.util import numpy_support
 
 import slicer
+from RadSAMLib.slices import slice_index as slice_key   # torch-free; the one definition
 
 from .errors import user_error
 from .geometry import ijk_to_node_frame, numpy_to_matrix, volume_shape
@@ -125,12 +126,6 @@ def write_segment(segmentation_node, segment_id, volume_node, array_kji: np.ndar
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(img, segmentation_node, segment_id, logic.MODE_REPLACE):
         raise user_error(f"could not write segment '{segment_id}' of '{segmentation_node.GetName()}'")
-
-
-def slice_key(axis: int, idx: int) -> tuple:
-    key = [slice(None)] * 3
-    key[axis] = idx
-    return tuple(key)
 
 
 def write_slices(segmentation_node, segment_id, volume_node, slice_masks: dict, axis: int) -> list:

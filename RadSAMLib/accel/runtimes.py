@@ -42,9 +42,9 @@ def ort_session(path, threads: int, arena: bool = True):
     ``arena``: ORT's memory arena keeps a graph's peak working set resident between runs.
     For the LiteMedSAM encoder that is ~300 MB (its 256x256x256 first-stage activations).
     It stays on: without it those blocks are mapped and zeroed by the kernel on every
-    slice, measured here at 850-1000 ms per slice instead of 730-840 (sys time 0.25 s
-    instead of 0.01 s per slice). The 300-slice memory target is met by not loading timm
-    and keeping CT volumes int16 instead. Memory patterns (pre-planned, kept) stay off.
+    slice, which costs more time than it saves memory (docs/benchmark/design.md). The
+    300-slice memory target is met by not loading timm and keeping CT volumes int16
+    instead. Memory patterns (pre-planned, kept) stay off.
     """
     import onnxruntime as ort
 
@@ -100,9 +100,9 @@ class OrtDecoderCore:
 class OpenVinoEncoder:
     """OpenVINO image encoder (CPU), from the same cached ONNX graph.
 
-    ``precision`` "f32" (results equal eager within 1e-5). "bf16" is ~2x faster on CPUs
-    with bf16 units but fails the accuracy bar (mask Dice 0.9897 < 0.99 vs eager on a real
-    liver slice), so RadSAM does not offer it. OpenVINO's compiled-blob cache lives next to
+    ``precision`` "f32" (results equal eager within 1e-5). "bf16" is faster on CPUs with
+    bf16 units but fails the accuracy bar (mask Dice below 0.99 vs eager on a real slice; see
+    docs/benchmark/design.md), so RadSAM does not offer it. OpenVINO's compiled-blob cache lives next to
     the graphs, which cuts its compile time on later starts.
     """
 

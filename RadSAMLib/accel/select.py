@@ -23,11 +23,11 @@ import warnings
 import torch
 
 from ..errors import RadSAMError
+from ..models.base import SamFamilyModel
 from .decoder import FastDecoder
 from .torch_paths import CudaGraphDecoderCore, TorchDecoderCore, TorchEncoder
 
-# (OpenVINO in bf16 was ~2x faster than fp32 on this bf16-capable CPU but failed the bar:
-# liver Dice 0.9897 vs eager on a real slice; CPU torch bf16 likewise ~4% embedding error.)
+# (No bf16 path on the CPU: faster, but below the accuracy bar; docs/benchmark/design.md.)
 ENCODER_BACKENDS = ("auto", "torch", "torch-fp16", "torch-bf16", "onnx", "openvino")
 DECODER_BACKENDS = ("auto", "torch", "onnx", "cuda-graph", "cuda-graph-fp16", "eager")
 
@@ -71,9 +71,8 @@ def available_decoders(model, device=None) -> list[str]:
 
 def _auto_encoder(dev: torch.device, model=None) -> list[str]:
     if dev.type == "cuda":
-        # Half precision passes the Dice bar for SAM ViT-B (0.9967 min over a propagated
-        # run on an H100) but not for LiteMedSAM's TinyViT (propagated slices fall to 0.41
-        # Dice vs fp32): the 256-input models stay fp32 on a GPU.
+        # Half precision passes the Dice bar for SAM ViT-B but not for LiteMedSAM's TinyViT,
+        # whose propagated slices drift (docs/benchmark/design.md): 256-input models stay fp32.
         return ["torch-fp16"] if model is not None and model.input_size >= 1024 else ["torch"]
     if dev.type == "cpu":
         # ONNX Runtime first: OpenVINO fp32 used less CPU time per slice in isolation but was
@@ -92,42 +91,46 @@ def _memo(model, key, build, reuse: bool = True):
     return per_model[key]
 
 
-def make_encoder(model, backend: str = "auto", device=None, threads: int | None = None, reuse: bool = True):
+def make_encoder(model, backend: str = "auto", device=None, threads: int | None = None, reuse: bool = True,
+                 batch_size: int | None = None):
     """A callable ``images (B, 3, S, S) float32 in [0, 1] -> embeddings (B, 256, 64, 64)``
     for ``SliceEngine(encode_fn=...)``. It has ``.backend`` (the path chosen) and
     ``.export_seconds`` (graph export time paid when it was built; 0 when cached).
-    Built once per model object and arguments, then reused (``reuse=False``: build anew)."""
-    if backend == "auto" and (isinstance(model, AcceleratedModel) or not hasattr(model, "image_encoder")):
-        return model.encode  # already accelerated, or not a SAM-family model (a test stand-in)
+    ``batch_size``: the most slices a PyTorch path runs at once (``RadSAMConfig.encoder_batch``).
+    Built once per model object and arguments, then reused (``reuse=False``: build anew).
+    Only SAM-family models have faster paths: any other model's own ``encode`` is used
+    under ``auto`` (an :class:`AcceleratedModel` is already accelerated)."""
+    if backend == "auto" and not isinstance(model, SamFamilyModel):
+        return model.encode
     if backend not in ENCODER_BACKENDS:
         raise RadSAMError(f"unknown encoder backend '{backend}' (choose {', '.join(ENCODER_BACKENDS)})")
-    return _memo(model, ("encoder", backend, str(device), threads),
-                 lambda: _make_encoder(model, backend, device, threads), reuse)
+    return _memo(model, ("encoder", backend, str(device), threads, batch_size),
+                 lambda: _make_encoder(model, backend, device, threads, batch_size), reuse)
 
 
-def _make_encoder(model, backend, device, threads):
+def _make_encoder(model, backend, device, threads, batch_size=None):
     if backend not in ENCODER_BACKENDS:
         raise RadSAMError(f"unknown encoder backend '{backend}' (choose {', '.join(ENCODER_BACKENDS)})")
     dev = _device(model, device)
     if backend == "auto":
         for b in _auto_encoder(dev, model):
             try:
-                return _build_encoder(model, b, dev, threads)
+                return _build_encoder(model, b, dev, threads, batch_size)
             except Exception as e:  # noqa: BLE001 - any failure of an optional path falls back
                 warnings.warn(f"RadSAM: encoder backend '{b}' unavailable ({type(e).__name__}: {e}); trying the next")
         raise RadSAMError("no encoder backend could be built")
     if backend not in available_encoders(model, dev):
         raise RadSAMError(f"encoder backend '{backend}' is not available on {dev.type} here "
                           f"(available: {', '.join(available_encoders(model, dev))})")
-    return _build_encoder(model, backend, dev, threads)
+    return _build_encoder(model, backend, dev, threads, batch_size)
 
 
-def _build_encoder(model, backend, dev, threads):
+def _build_encoder(model, backend, dev, threads, batch_size=None):
     if backend.startswith("torch"):
         if dev != model.device:
             raise RadSAMError(f"the model is on {model.device}, not {dev}: load it there for a torch path")
         prec = backend.partition("-")[2] or "fp32"
-        return TorchEncoder(model, precision=prec, batch_size=1 if dev.type == "cpu" else 32)
+        return TorchEncoder(model, precision=prec, batch_size=batch_size or (1 if dev.type == "cpu" else 32))
     cpu = _cpu_model(model)
     if backend == "onnx":
         from .runtimes import OrtEncoder
@@ -141,7 +144,7 @@ def make_decoder(model, backend: str = "auto", threads: int | None = None, reuse
 
     ``eager`` returns ``model.decode`` itself (the reference). Built once per model object
     (``reuse=False``: build anew)."""
-    if backend == "auto" and (isinstance(model, AcceleratedModel) or not hasattr(model, "mask_decoder")):
+    if backend == "auto" and not isinstance(model, SamFamilyModel):
         return model.decode
     if backend not in DECODER_BACKENDS:
         raise RadSAMError(f"unknown decoder backend '{backend}' (choose {', '.join(DECODER_BACKENDS)})")

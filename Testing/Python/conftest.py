@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "bench"))   # RadSAMBench, the development tools
 
 DATA = Path(os.environ.get("RADSAM_DATA", ROOT.parent / "shared" / "data"))
 ABDOMEN = DATA / "totalseg_example"
@@ -72,9 +73,7 @@ def default_engine(default_model, model, abdomen, abdomen_engine):
     """SliceEngine of the default model over the abdominal CT, sharing ``abdomen_engine``'s
     embeddings: the bundled fine-tune keeps the base image encoder (checked), so the
     slices are not encoded twice."""
-    from RadSAMLib.accel.cache import weights_sha256
     from RadSAMLib.engine import SliceEngine
     eng = SliceEngine(default_model, abdomen[1], axis=0)
-    if weights_sha256(default_model.image_encoder) == weights_sha256(model.image_encoder):
-        eng._cache = abdomen_engine._cache
+    eng.share_embeddings(abdomen_engine)   # refused if the encoders' weights differ
     return eng

@@ -569,7 +569,8 @@ def test_write_mask_follows_the_umask(tmp_path):
         finally:
             os.umask(old)
         assert os.stat(p).st_mode & 0o777 == mode
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".radsam-")]
+    # nothing but the image and the three masks: no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nrrd", "m2.nii.gz", "m22.nii.gz", "m77.nii.gz"]
 
 
 def test_session_shares_the_request_checks():
@@ -577,8 +578,9 @@ def test_session_shares_the_request_checks():
     from fakes import FakeModel
     from RadSAMLib.errors import RadSAMError
     from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.config import RadSAMConfig
     from RadSAMLib.session import Session
-    s = Session(FakeModel(), np.zeros(SHAPE, np.int16) + 40, strategy="mask")
+    s = Session.from_volume(FakeModel(), np.zeros(SHAPE, np.int16) + 40, config=RadSAMConfig(strategy="mask"))
     for call, words in [
         (lambda: s.segment(5, SlicePrompt(box=(float("nan"), 8, 30, 28))), "must be 4 finite numbers"),
         (lambda: s.segment(5, SlicePrompt(points=[(20, 20)], labels=[0])), "only negative points"),

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from RadSAMLib.benchmark import user
-from RadSAMLib.benchmark.protocol import Protocol, run_case
+from RadSAMBench import user
+from RadSAMBench.protocol import Protocol, run_case
 from RadSAMLib.errors import RadSAMError
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach",
@@ -74,7 +74,7 @@ def tiny_pack(tmp_path, abdomen):
 
 def test_cli_end_to_end_with_resume(tiny_pack, tmp_path, model, monkeypatch):
     import RadSAMLib.models as models
-    from RadSAMLib.benchmark import cli, protocol
+    from RadSAMBench import cli, protocol
     monkeypatch.setattr(models, "load_model", lambda *a, **k: model)
     out = tmp_path / "out"
     argv = [str(tiny_pack), "--out", str(out), "--model", "litemedsam", "--strategies", "box", "--prompts", "box", "--edits", "1",
@@ -126,7 +126,7 @@ def test_cli_end_to_end_with_resume(tiny_pack, tmp_path, model, monkeypatch):
 def cli_args(argv):
     import argparse
 
-    from RadSAMLib.benchmark import cli
+    from RadSAMBench import cli
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
     return p.parse_args(argv)

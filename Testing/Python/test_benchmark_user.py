@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from RadSAMLib.benchmark import user
-from RadSAMLib.benchmark.datasets import open_dataset, pack_dataset
-from RadSAMLib.benchmark.protocol import Protocol, Setting, body_slices, object_target
-from RadSAMLib.benchmark.stats import bootstrap_ci, summarize
+from RadSAMBench import user
+from RadSAMBench.datasets import open_dataset, pack_dataset
+from RadSAMBench.protocol import Protocol, Setting, body_slices, object_target
+from RadSAMBench.stats import bootstrap_ci, summarize
 from RadSAMLib.errors import RadSAMError
 from RadSAMLib.metrics import dice
 
@@ -61,7 +61,7 @@ def test_point_is_deep_inside():
     pts = {user.inner_point(m, np.random.default_rng(s)) for s in range(50)}
     assert len(pts) > 10
     p = user.make_prompt("point", m, np.random.default_rng(1))
-    assert p.labels == [1] and len(p.points) == 1
+    assert p.labels == (1,) and len(p.points) == 1
 
 
 def test_edits_are_uniform_among_errors():
@@ -223,7 +223,7 @@ def test_dataset_errors(tmp_path):
 def test_oracle_picks_the_best_mask_per_slice():
     from types import SimpleNamespace
 
-    from RadSAMLib.benchmark.protocol import _Oracle
+    from RadSAMBench.protocol import _Oracle
     gt = np.zeros((3, 10, 10), bool)
     gt[:, 2:8, 2:8] = True
     orc = _Oracle(gt, lo=4)                          # the slab starts at slice 4

@@ -1,5 +1,6 @@
 """Reading/writing volumes with exact geometry, and the command line's error handling."""
 import json
+from pathlib import Path
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ from RadSAMLib.cli import main
 from RadSAMLib.errors import CheckpointError, ImageError, RadSAMError
 from RadSAMLib.imageio import image_to_array, read_image, read_label, write_mask
 from RadSAMLib.models import load_model
-from conftest import ABDOMEN, DICOM, need
+from conftest import ABDOMEN, DICOM, ROOT, need
 
 OBLIQUE = sitk.VersorTransform((0.3, -0.2, 0.9), 0.4).GetMatrix()
 
@@ -204,6 +205,17 @@ def test_cli_help_is_fast_and_subcommands_parse_their_own_arguments(capsys):
         assert f"radsam {name}" in err and "--no-such-option" in err
 
 
+def test_benchmark_without_the_development_tools_is_one_line_error(capsys, monkeypatch):
+    """The wheel does not carry RadSAMBench: ``radsam benchmark`` then says how to get it."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "RadSAMBench" else real(name, *a))
+    for name in ("benchmark", "bench-speed"):
+        assert main([name, "x"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "pip install -e bench" in err and f"radsam {name}" in err
+
+
 def test_cli_refuses_to_overwrite(ct, tmp_path, capsys):
     out = tmp_path / "m.nii.gz"
     out.write_bytes(b"keep")
@@ -226,3 +238,34 @@ def test_cli_segments_a_few_slices_and_reports_dice(ct, tmp_path, capsys):
     gt = read_label(ABDOMEN / "seg.nii.gz", read_image(ct)) == 5
     from RadSAMLib.metrics import dice
     assert dice(m[23:26], gt[23:26]) > 0.85
+
+
+def test_help_names_every_strategy_and_model_from_the_catalogue():
+    """``radsam segment --help`` lists every propagation strategy (hybrid included) and
+    every catalogued model; the catalogue's default strategy for the bundled fine-tune is
+    the one its weights name."""
+    from RadSAMLib.catalog import MODELS, entry
+    from RadSAMLib.cli import build_parser
+    from RadSAMLib.propagation import STRATEGIES
+    import RadSAMLib
+    top = " ".join(build_parser().format_help().split())
+    sub = build_parser()._subparsers._group_actions[0].choices["segment"]
+    text = " ".join(sub.format_help().split())
+    for s in STRATEGIES:
+        assert s in text and s in top
+    assert "hybrid:5" in text
+    for m in MODELS:
+        assert m.name in text
+    sidecar = Path(RadSAMLib.__file__).parent / "weights" / "radsam_litemedsam.json"
+    assert json.loads(sidecar.read_text())["default_strategy"] == entry("radsam").default_strategy
+
+
+def test_catalogue_config_and_slices_import_without_torch():
+    """The Slicer module reads these before torch is installed."""
+    import subprocess
+    import sys
+    code = ("import sys\nimport RadSAMLib.catalog, RadSAMLib.config, RadSAMLib.slices, RadSAMLib.files\n"
+            "RadSAMLib.config.RadSAMConfig(strategy='hybrid:5')\n"
+            "assert 'torch' not in sys.modules\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -32,7 +32,7 @@ def propagated(default_model, abdomen, default_engine):
     out = {}
     for value, name in ORGANS.items():
         gt, k, prompt, bounds = organ_prompt(abdomen[2], value)
-        s = Session(default_model, abdomen[1], engine=default_engine)
+        s = Session(default_engine)
         s.segment(k, prompt, bounds=bounds)
         out[name] = (s, gt)
     return out
@@ -77,7 +77,7 @@ def test_an_edit_on_the_worst_slice_does_not_lower_dice(propagated, organ):
 def test_slice_level_box_prompting(default_model, abdomen, default_engine):
     gt = abdomen[2] == 5
     ks = np.nonzero(gt.any(axis=(1, 2)))[0]
-    s = Session(default_model, abdomen[1], engine=default_engine)
+    s = Session(default_engine)
     s.segment_slices({int(k): SlicePrompt(box=box_of_mask(gt[k], margin=1, shape=gt[k].shape)) for k in ks})
     assert dice(s.mask, gt) >= MIN_DICE
 
@@ -85,6 +85,6 @@ def test_slice_level_box_prompting(default_model, abdomen, default_engine):
 def test_mask_prompt_from_a_previous_segmentation(default_model, abdomen, default_engine):
     """The Slicer "Mask" button / --mask-prompt: an existing mask on one slice is the prompt."""
     gt, k, _, bounds = organ_prompt(abdomen[2], 5)
-    s = Session(default_model, abdomen[1], engine=default_engine)
+    s = Session(default_engine)
     s.segment(k, SlicePrompt(mask=gt[k]), bounds=bounds)
     assert dice(s.mask, gt) >= MIN_DICE

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import pytest
 
+from RadSAMLib.config import RadSAMConfig
 from RadSAMLib.engine import SliceEngine
 from RadSAMLib.errors import BoundsError, PromptError
 from RadSAMLib.prompts import SlicePrompt
@@ -24,6 +25,10 @@ def volume():
     return v
 
 
+def make_session(volume, model=None, axis=0, **config):
+    return Session.from_volume(model or FakeModel(), volume, axis=axis, config=RadSAMConfig(**config))
+
+
 def box_mask(box, shape=(J, I)):
     x0, y0, x1, y1 = box
     m = np.zeros(shape, bool)
@@ -32,7 +37,7 @@ def box_mask(box, shape=(J, I)):
 
 
 def test_box_prompt_lands_on_the_right_voxels(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    s = make_session(volume, strategy="mask")
     box = (10, 5, 30, 20)
     ch = s.segment(4, SlicePrompt(box=box), bounds=(4, 4))
     assert ch.slices == [4]
@@ -40,7 +45,7 @@ def test_box_prompt_lands_on_the_right_voxels(volume):
 
 
 def test_mask_propagation_fills_bounds_and_touches_nothing_else(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    s = make_session(volume, strategy="mask")
     s.mask[0] = 1      # stale content outside the bounds must survive
     s.mask[9, 0, 0] = 1
     box = (10, 5, 30, 20)
@@ -53,7 +58,7 @@ def test_mask_propagation_fills_bounds_and_touches_nothing_else(volume):
 
 
 def test_unbounded_propagation_stops_where_the_object_ends(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    s = make_session(volume, strategy="mask")
     ch = s.segment(5, SlicePrompt(box=(10, 5, 30, 20)))
     # slices 0..9 have content; slice 10 (air) gets a low score: cleared, and the run stops
     assert ch.slices == list(range(0, 11))
@@ -61,7 +66,7 @@ def test_unbounded_propagation_stops_where_the_object_ends(volume):
 
 
 def test_edit_reruns_slice_and_repropagates_downstream_only(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    s = make_session(volume, strategy="mask")
     box = (10, 5, 30, 20)
     s.segment(2, SlicePrompt(box=box), bounds=(0, 9))
     before = s.mask.copy()
@@ -75,7 +80,7 @@ def test_edit_reruns_slice_and_repropagates_downstream_only(volume):
     ch = s.edit(6, (12, 7), positive=False)
     assert ch.slices == [6, 7, 8, 9]
     assert not s.mask[6, 12, 20] and not s.mask[6, 7, 12]
-    assert set(s.anchors) == {2, 6} and s.anchors[6].labels == [0, 0]
+    assert set(s.anchors) == {2, 6} and s.anchors[6].labels == (0, 0)
     # an edit between two anchors re-propagates away from its source, up to the next anchor
     ch = s.edit(4, (20, 12), positive=False)
     assert ch.slices == [4, 5]
@@ -85,7 +90,7 @@ def test_edit_reruns_slice_and_repropagates_downstream_only(volume):
 
 
 def test_edit_on_the_prompt_slice_repropagates_both_ways(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    s = make_session(volume, strategy="mask")
     s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(1, 8))
     ch = s.edit(5, (20, 12), positive=False)
     assert ch.slices == list(range(1, 9))
@@ -94,15 +99,15 @@ def test_edit_on_the_prompt_slice_repropagates_both_ways(volume):
 
 
 def test_edit_stops_where_the_result_no_longer_changes(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    # the hole changes each slice by < 10%: nothing downstream moves
+    s = make_session(volume, strategy="mask", converge_dice=0.9)
     s.segment(2, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
-    s.converge_dice = 0.9   # the hole changes each slice by < 10%: nothing downstream moves
     ch = s.edit(6, (20, 12), positive=False)
     assert ch.slices == [6, 7]
 
 
 def test_undo_redo_restore_exact_states(volume):
-    s = Session(FakeModel(), volume, strategy="mask")
+    s = make_session(volume, strategy="mask")
     states = [s.mask.copy()]
     s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(1, 8)); states.append(s.mask.copy())
     s.edit(7, (20, 12), positive=False); states.append(s.mask.copy())
@@ -125,15 +130,14 @@ def test_cancel_between_slices_keeps_a_consistent_undoable_result(volume):
     old = np.zeros((K, J, I), np.uint8)
     old[:, 40:, 50:] = 1   # a previous result, differing from the new one everywhere
     calls = []
-
-    def progress(done, total):
-        calls.append((done, total))
-        if done == 3:
-            s.cancel()
-
-    s = Session(FakeModel(), volume, strategy="mask", progress=progress)
+    s = make_session(volume, strategy="mask")
     s.mask[:] = old
-    ch = s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    it = s.segment_iter(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    for u in it:
+        calls.append((u.done, u.total))
+        if u.done == 3:
+            s.cancel()
+    ch = it.change
     assert ch.cancelled and len(ch.slices) == 3
     new = box_mask((10, 5, 30, 20))
     for k in range(K):  # every slice is all old or all new
@@ -146,7 +150,7 @@ def test_cancel_between_slices_keeps_a_consistent_undoable_result(volume):
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_any_axis_maps_prompts_to_voxels(volume, axis):
-    s = Session(FakeModel(), volume, axis=axis, strategy="mask")
+    s = make_session(volume, axis=axis, strategy="mask")
     rows, cols = s.engine.slice_shape
     box = (2, 1, cols // 2, rows // 2)
     idx = 3
@@ -157,7 +161,7 @@ def test_any_axis_maps_prompts_to_voxels(volume, axis):
 
 
 def test_slice_level_prompting_runs_each_slice_on_its_own(volume):
-    s = Session(FakeModel(), volume)
+    s = make_session(volume)
     ch = s.segment_slices({2: SlicePrompt(box=(1, 1, 5, 5)), 6: SlicePrompt(points=[(30, 30)], labels=[1])})
     assert ch.slices == [2, 6]
     assert s.mask[2].sum() == 25 and s.mask[6, 30, 30] and s.mask[3:6].sum() == 0
@@ -175,14 +179,14 @@ def test_slice_level_prompting_runs_each_slice_on_its_own(volume):
     (SlicePrompt(box=(1, 1, 5, 5)), (6, 9), BoundsError, "prompt slice 5 is outside the bounds"),
 ])
 def test_bad_prompts_and_bounds_are_named(volume, prompt, bounds, err, words):
-    s = Session(FakeModel(), volume)
+    s = make_session(volume)
     with pytest.raises(err, match=words):
         s.segment(5, prompt, bounds=bounds)
     assert not s.mask.any() and not s.can_undo
 
 
 def test_bad_slices_are_named(volume):
-    s = Session(FakeModel(), volume)
+    s = make_session(volume)
     with pytest.raises(BoundsError, match="prompt slice 12 is outside the volume"):
         s.segment(12, SlicePrompt(box=(1, 1, 5, 5)))
     s.segment(5, SlicePrompt(box=(1, 1, 5, 5)), bounds=(4, 6))
@@ -215,7 +219,7 @@ def test_a_click_changes_only_its_neighbourhood_and_a_negative_one_only_removes(
 
     m = Redrawing(strategy="box:5")
     m.info.mask_prompt_trained = trained
-    s = Session(m, volume)
+    s = make_session(volume, m)
     s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(5, 5))
     prev = s.slice_mask(5)
     s.edit(5, (30, 20), positive=False)
@@ -229,11 +233,11 @@ def test_a_click_changes_only_its_neighbourhood_and_a_negative_one_only_removes(
 
 
 def test_edit_progress_counts_the_slices_it_will_rewrite(volume):
-    calls = []
-    s = Session(FakeModel(), volume, strategy="mask", progress=lambda done, total: calls.append((done, total)))
+    s = make_session(volume, strategy="mask")
     s.segment(2, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
-    calls.clear()
-    ch = s.edit(6, (20, 12), positive=False)
+    it = s.edit_iter(6, (20, 12), positive=False)
+    calls = [(u.done, u.total) for u in it]
+    ch = it.change
     assert calls[-1] == (len(ch.slices), len(ch.slices)) == (4, 4)
     assert all(total == 4 for _, total in calls)
 
@@ -284,7 +288,7 @@ def test_hybrid_keeps_the_answer_the_model_scores_higher(volume, favoured):
     """``hybrid`` asks with ``mask+box`` and with ``box`` and keeps the better-scored
     answer: the mask answer repeats the prompt slice exactly; the box answer (margin 5
     model px = 1.25 slice px here, so 1 px after rounding) grows by a pixel per slice."""
-    s = Session(_PicksOneKind(favoured), volume)
+    s = make_session(volume, _PicksOneKind(favoured))
     assert s.strategy.kind == "hybrid"
     box = (20, 15, 30, 25)
     s.segment(5, SlicePrompt(box=box), bounds=(5, 7))
@@ -292,3 +296,162 @@ def test_hybrid_keeps_the_answer_the_model_scores_higher(volume, favoured):
         x0, y0, x1, y1 = box
         g = grow if favoured == "box" else 0
         np.testing.assert_array_equal(s.mask[k].astype(bool), box_mask((x0 - g, y0 - g, x1 + g, y1 + g)), err_msg=f"slice {k}")
+
+
+# -- the streaming API, construction, immutability (issue 14) ---------------------------------
+def test_breaking_out_of_segment_iter_keeps_whole_slices_and_is_one_undo_step(volume):
+    old = np.zeros((K, J, I), np.uint8)
+    old[:, 40:, 50:] = 1
+    s = make_session(volume, strategy="mask")
+    s.mask[:] = old
+    box = (10, 5, 30, 20)
+    it = s.segment_iter(5, SlicePrompt(box=box), bounds=(0, 9))
+    seen = []
+    for u in it:
+        seen.append(u.index)
+        assert (u.done, u.total) == (len(seen), 10) and np.array_equal(u.result.mask, box_mask(box))
+        if len(seen) == 4:
+            break
+    assert seen == [5, 6, 7, 8]
+    ch = it.close()             # already ended by the break; close() just returns the change
+    assert ch.cancelled and ch.slices == [5, 6, 7, 8]
+    for k in range(K):          # every slice all old or all new
+        want = box_mask(box) if k in seen else old[k].astype(bool)
+        np.testing.assert_array_equal(s.mask[k].astype(bool), want, err_msg=f"slice {k}")
+    assert s.can_undo
+    assert s.undo().slices == [5, 6, 7, 8] and not s.can_undo
+    np.testing.assert_array_equal(s.mask, old)
+    s.redo()
+    assert np.array_equal(s.slice_mask(8), box_mask(box)) and np.array_equal(s.slice_mask(4), old[4].astype(bool))
+    # Nothing runs before iteration starts, and a run never started leaves no undo step.
+    s2 = make_session(volume, strategy="mask")
+    it = s2.segment_iter(5, SlicePrompt(box=box), bounds=(0, 9))
+    assert s2.engine.encode_count == 0 and it.close().slices == [] and not s2.can_undo
+
+
+def test_a_cancel_before_the_interaction_starts_is_honoured_then_cleared(volume):
+    s = make_session(volume, strategy="mask")
+    s.cancel()                                   # e.g. Cancel pressed while the job was queued
+    ch = s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    assert ch.cancelled and ch.slices == [] and not s.mask.any() and not s.can_undo
+    ch = s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))   # the cancel was used up
+    assert not ch.cancelled and ch.slices == list(range(10))
+    it = s.edit_iter(6, (20, 12), positive=False)
+    it.cancel()                                  # an interaction's own cancel, before it starts
+    assert it.run().cancelled and it.change.slices == [] and s.mask[6, 12, 20]
+
+
+def test_cancel_from_another_thread_stops_a_running_interaction(volume):
+    import threading
+    s = make_session(volume, strategy="mask")
+    it = s.segment_iter(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    next(it)
+    t = threading.Thread(target=s.cancel)
+    t.start()
+    t.join()
+    rest = list(it)
+    assert rest == [] and it.change.cancelled and it.change.slices == [5]
+
+
+def test_one_interaction_at_a_time(volume):
+    s = make_session(volume, strategy="mask")
+    it = s.segment_iter(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    next(it)
+    with pytest.raises(Exception, match="still running"):
+        s.segment(5, SlicePrompt(box=(10, 5, 30, 20)), bounds=(0, 9))
+    with pytest.raises(Exception, match="still running"):
+        s.undo()
+    assert it.run().slices == list(range(10)) and s.undo().slices == list(range(10))
+
+
+def test_a_session_is_built_from_an_engine_and_nothing_is_silently_ignored(volume):
+    m = FakeModel()
+    eng = SliceEngine(m, volume)
+    with pytest.raises(TypeError, match="from_volume"):
+        Session(m, volume)                                 # the old (model, volume) form
+    with pytest.raises(TypeError, match="RadSAMConfig"):
+        Session(eng, volume)
+    with pytest.raises(TypeError):
+        Session(eng, engine=eng)
+    with pytest.raises(ValueError, match="engine"):
+        Session(eng, RadSAMConfig(prefetch_batch=4))      # the engine applies those: build it with them
+    with pytest.raises(TypeError):
+        Session.from_volume(m, volume, strategy="mask")    # a tunable goes in the config
+    with pytest.raises(Exception, match="strategy"):
+        RadSAMConfig(strategy="blob")
+    s = Session(eng, RadSAMConfig(strategy="box:3", converge_dice=0.9))
+    assert s.engine is eng and s.model is m and s.strategy.spec() == "box:3" and s.config.converge_dice == 0.9
+    assert Session(eng).strategy.spec() == "mask"          # no strategy: the model's default
+    eng4 = SliceEngine(m, volume, config=RadSAMConfig(prefetch_batch=4))
+    assert eng4.prefetch_batch == 4 and Session(eng4).config.prefetch_batch == 4
+
+
+def test_slice_prompts_are_immutable_so_the_session_keeps_what_it_was_given(volume):
+    from dataclasses import FrozenInstanceError
+    mask = np.zeros((J, I), bool)
+    mask[5:20, 10:30] = True
+    points, labels = [(20.0, 12.0)], [1]
+    prompt = SlicePrompt(points=points, labels=labels, mask=mask)
+    s = make_session(volume, strategy="mask")
+    s.segment(5, prompt, bounds=(4, 6))
+    mask[:] = False                         # the caller reuses its arrays and lists
+    points.append((1.0, 1.0))
+    labels.append(0)
+    anchor = s.anchors[5]
+    assert anchor is prompt and anchor.mask.sum() == 15 * 20 and anchor.points == ((20.0, 12.0),)
+    assert anchor.labels == (1,)
+    with pytest.raises(FrozenInstanceError):
+        prompt.box = (0, 0, 5, 5)
+    with pytest.raises(ValueError):
+        prompt.mask[0, 0] = True            # read-only copy
+    s.edit(5, (25, 15), positive=True)      # a correction adds to a new anchor prompt
+    assert s.anchors[5].points == ((20.0, 12.0), (25.0, 15.0)) and prompt.points == ((20.0, 12.0),)
+
+
+def test_engine_embeddings_can_be_seeded_and_shared_and_decodes_hooked(volume):
+    m = FakeModel()
+    a = SliceEngine(m, volume)
+    a.encode_slices([1, 2])
+    b = SliceEngine(m, volume)
+    b.share_embeddings(a)                   # same model: one cache for both
+    assert b.cached_slices() == [1, 2]
+    b.embedding(3)
+    assert a.cached_slices() == [1, 2, 3] and m.encode_calls == 3
+    with pytest.raises(Exception, match="encoders differ"):
+        SliceEngine(FakeModel(), volume).share_embeddings(a)   # no encoder weights to compare
+    with pytest.raises(Exception, match="different volumes"):
+        SliceEngine(m, volume[:, :, :10]).share_embeddings(a)
+    c = SliceEngine(m, volume)
+    c.set_embeddings({4: a.embedding(1)})   # seeded, not encoded
+    assert c.cached_slices() == [4] and c.encode_count == 0
+    with pytest.raises(Exception, match="slices"):
+        c.set_embeddings(a.embedding(1))    # one tensor must hold every slice
+    seen = []
+
+    def hook(idx, prompts, decode):
+        seen.append((idx, len(prompts)))
+        return decode(idx, prompts)
+    c.set_decode_hook(hook)
+    r = c.predict(4, SlicePrompt(box=(1, 1, 5, 5)))
+    assert seen == [(4, 1)] and r.mask.sum() == 25 and c.encode_count == 0
+    c.set_decode_hook(None)
+    c.predict(4, SlicePrompt(box=(1, 1, 5, 5)))
+    assert len(seen) == 1
+
+
+def test_propagate_is_a_lazy_generator_of_slices(volume):
+    """The loop itself (no Session): each slice is predicted only when asked for, and it
+    stops at the first slice outside ``within``."""
+    from itertools import islice
+
+    from RadSAMLib.propagation import Strategy, propagate
+    eng = SliceEngine(FakeModel(), volume)
+    asked = []
+    eng.set_decode_hook(lambda idx, prompts, decode: asked.append(idx) or decode(idx, prompts))
+    prev = box_mask((10, 5, 30, 20))
+    steps = propagate(eng, Strategy.parse("mask"), prev, 5, +1, lambda k: 0 <= k <= 8, bounded=True,
+                      min_score=0.5, min_pixels=1)
+    first = list(islice(steps, 2))
+    assert [k for k, _, _ in first] == [6, 7] and asked == [6, 7]
+    assert all(src == 5 and np.array_equal(r.mask, prev) for _, r, src in first)
+    assert [k for k, _, _ in steps] == [8] and asked == [6, 7, 8]

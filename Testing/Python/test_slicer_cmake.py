@@ -72,6 +72,16 @@ def test_radsamlib_cmake_ships_the_whole_package_with_subdir():
     assert "WITH_SUBDIR" in text and re.search(r"set\(\s*MODULE_NAME\s+RadSAMLib\s*\)", text)
 
 
+def test_development_tools_ship_in_neither_the_wheel_nor_the_extension():
+    """The benchmarks live in bench/RadSAMBench (their own distribution): the radsam wheel
+    packs RadSAMLib only, and no CMake list names them."""
+    assert not (ROOT / "RadSAMLib" / "benchmark").exists() and not (ROOT / "RadSAMLib" / "speedbench.py").exists()
+    assert 'include = ["RadSAMLib*"]' in (ROOT / "pyproject.toml").read_text()
+    for cm in ROOT.rglob("CMakeLists.txt"):
+        text = cmake_text(cm)
+        assert "benchmark" not in text and "speedbench" not in text and "RadSAMBench" not in text, cm
+
+
 def test_top_level_cmake_metadata_and_modules():
     cm = ROOT / "CMakeLists.txt"
     text = cmake_text(cm)

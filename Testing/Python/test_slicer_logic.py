@@ -146,7 +146,7 @@ def spleen_reference(model, abdomen, abdomen_engine):
     from RadSAMLib.session import Session
     lab = abdomen[2]
     box = box_of_mask(lab[SPLEEN_SLICE] == SPLEEN, margin=2)
-    s = Session(model, abdomen[1], engine=abdomen_engine)
+    s = Session(abdomen_engine)
     ch = s.segment(SPLEEN_SLICE, SlicePrompt(box=box), bounds=SPLEEN_BOUNDS)
     assert ch.slices == list(range(SPLEEN_BOUNDS[0], SPLEEN_BOUNDS[1] + 1))
     return box, s.mask.copy()
@@ -451,7 +451,7 @@ def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engi
         sid = fill_segment(mrml, seg, "spleen", start, vol)
         t = logic.target_for(vol, seg, sid)
         logic.wait(logic.start_segment_from_markups(t, bounds, mask_slice=SPLEEN_SLICE))
-        ref = Session(model, abdomen[1], engine=abdomen_engine)
+        ref = Session(abdomen_engine)
         ref.mask[:] = start                    # the logic starts from the segment's content
         ref.segment(SPLEEN_SLICE, SlicePrompt(mask=start[SPLEEN_SLICE] > 0), bounds=bounds)
         assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)

@@ -114,15 +114,16 @@ def test_parser_catches_a_missing_widget(tmp_path, monkeypatch):
 
 
 def test_the_module_defaults_to_radsamlibs_default_model():
-    """The widget's first model choice and the logic's ModelSpec name RadSAMLib.DEFAULT_MODEL
-    (written out there: RadSAMLib may not be installed when Slicer loads the module)."""
+    """The widget's model choices come from RadSAMLib's catalogue, the default first, and
+    the logic's ModelSpec names RadSAMLib.DEFAULT_MODEL."""
     import sys
 
-    from RadSAMLib import DEFAULT_MODEL
+    from RadSAMLib import DEFAULT_MODEL, catalog
     tree = ast.parse(MODULE.read_text())
-    models = next(ast.literal_eval(n.value) for n in ast.walk(tree)
+    models = next(n.value for n in ast.walk(tree)
                   if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "MODELS" for t in n.targets))
-    assert models[0][1] == DEFAULT_MODEL and "default" in models[0][0].lower()
+    assert "catalog.MODELS" in ast.unparse(models)
+    assert catalog.MODELS[0].name == DEFAULT_MODEL and "default" in catalog.MODELS[0].label.lower()
     sys.path.insert(0, str(ROOT / "RadSAM"))
     from RadSAMSlicerLib import ModelSpec
     assert ModelSpec().name == DEFAULT_MODEL

@@ -7,7 +7,6 @@ into a temporary cache folder (~15 s), so the user's cache is never touched.
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -115,6 +114,7 @@ def test_accelerated_propagation_matches_eager(model, abdomen, abdomen_engine):
     eager result on every slice: differences do not compound along the propagation."""
     pytest.importorskip("onnxruntime")
     from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
     from RadSAMLib.prompts import SlicePrompt, box_of_mask
     from RadSAMLib.session import Session
     labels = abdomen[2]
@@ -123,12 +123,12 @@ def test_accelerated_propagation_matches_eager(model, abdomen, abdomen_engine):
     prompt = SlicePrompt(box=box_of_mask(liver[start]))
     fast_model = accelerate(model, encoder="torch", decoder="auto")
     assert fast_model.backends["decoder"] in ("onnx", "openvino")
-    fast_engine = copy.copy(abdomen_engine)  # shares the embedding cache: nothing re-encoded
-    fast_engine.model = fast_model
+    fast_engine = SliceEngine(fast_model, abdomen[1], axis=0)
+    fast_engine.share_embeddings(abdomen_engine)  # nothing re-encoded
     n_before = abdomen_engine.encode_count
     results = []
     for eng in (abdomen_engine, fast_engine):
-        s = Session(eng.model, eng.volume, engine=eng)
+        s = Session(eng)
         s.segment(start, prompt, bounds=(0, eng.num_slices - 1))
         s.edit(start, (prompt.box[0] + 3, prompt.box[1] + 3), positive=False)
         results.append(s.mask.astype(bool))

@@ -23,15 +23,14 @@ label (k,j,i) int, spacing (3,) mm in (k,j,i) order)``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import RadSAMError
+from RadSAMLib.errors import RadSAMError
+from RadSAMLib.files import atomic_write
 
 IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 IMAGE_TAGS = ("ct", "image", "img")
@@ -136,7 +135,7 @@ def _strip_ext(name: str):
 
 def _sitk_loader(image_path, label_path):
     def load(values=None):
-        from ..imageio import image_to_array, read_image, read_label
+        from RadSAMLib.imageio import image_to_array, read_image, read_label
         img = read_image(image_path)
         lab = read_label(label_path, img)
         sp = np.asarray(img.GetSpacing()[::-1], np.float64)
@@ -208,7 +207,7 @@ def _totalseg(root: Path):
 
     def loader(d):
         def load(values=None):
-            from ..imageio import image_to_array, read_image, read_label
+            from RadSAMLib.imageio import image_to_array, read_image, read_label
             img = read_image(d / "ct.nii.gz")
             label = np.zeros(tuple(reversed(img.GetSize())), np.uint8)
             for v in (values or labels):
@@ -284,14 +283,7 @@ def pack_dataset(src, dst, cases=None, labels=None, progress=True) -> Path:
         keep = np.isin(label, list(chosen))
         out_label = np.where(keep, label, 0).astype(np.uint8)
         out_image = np.clip(np.round(image), -32768, 32767).astype(np.int16)
-        fd, tmp = tempfile.mkstemp(prefix=".pack-", suffix=".npz", dir=dst)
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, image=out_image, label=out_label, spacing=np.asarray(sp, np.float32))
-            os.chmod(tmp, 0o644)   # mkstemp makes it private; a pack is meant to be shared
-            os.replace(tmp, dst / f"{case.name}.npz")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(dst / f"{case.name}.npz", lambda tmp: np.savez_compressed(
+            tmp, image=out_image, label=out_label, spacing=np.asarray(sp, np.float32)), suffix=".npz")
     (dst / "labels.json").write_text(json.dumps({str(v): n for v, n in chosen.items()}, indent=1) + "\n")
     return dst

@@ -8,7 +8,7 @@ edits, 95% interval band) and ``per_organ.png`` (per-organ Dice with intervals).
 Cells read ``mean (lo-hi)``: 95% bootstrap interval over cases (over objects when the run
 has a single case; see ``stats.py``).
 
-Regenerate from a results file: ``python -m RadSAMLib.benchmark.report results.json``.
+Regenerate from a results file: ``python -m RadSAMBench.report results.json``.
 """
 from __future__ import annotations
 
@@ -283,7 +283,7 @@ def write_report(results: dict, out_dir, plots: bool = True) -> list:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m RadSAMLib.benchmark.report results.json [out_dir]")
+        sys.exit("usage: python -m RadSAMBench.report results.json [out_dir]")
     src = Path(sys.argv[1])
     for p in write_report(load_results(src), sys.argv[2] if len(sys.argv) > 2 else src.parent):
         print(p)

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import RadSAMError
-from ..metrics import dice
+from RadSAMLib.errors import RadSAMError
+from RadSAMLib.metrics import dice
 from .user import PROMPT_KINDS, PROMPT_SLICES, choose_prompt_slice, make_prompt, object_slices, sample_edit
 
 LEVELS = ("volume", "slice")
@@ -53,7 +53,7 @@ class Setting:
             raise RadSAMError(f"unknown level '{s.level}' in setting '{spec}' (choose {', '.join(LEVELS)})")
         if s.prompt not in PROMPT_KINDS:
             raise RadSAMError(f"unknown prompt kind '{s.prompt}' in setting '{spec}' (choose {', '.join(PROMPT_KINDS)})")
-        from ..propagation import Strategy
+        from RadSAMLib.propagation import Strategy
         Strategy.parse(s.strategy)  # raises RadSAMError for an unknown strategy
         return s
 
@@ -143,21 +143,17 @@ def _prompt_key(idx, p):
 
 
 class _Decoder:
-    """Wraps ``engine.predict`` and ``engine.predict_best``: times real decoder calls and
-    reuses identical ones."""
+    """The engine's decode hook while a case runs: times real decoder calls and reuses
+    identical ones."""
 
     def __init__(self, engine, size: int = 256):
         self.engine, self.size = engine, size
-        self.predict, self.predict_best = engine.predict, engine.predict_best
         self.memo = OrderedDict()
         self.calls = self.hits = 0
         self.seconds = 0.0
 
-    def __call__(self, idx, prompt):
-        return self._memo(_prompt_key(idx, prompt), self.predict, idx, prompt)
-
-    def best(self, idx, prompts):
-        return self._memo(tuple(_prompt_key(idx, p) for p in prompts), self.predict_best, idx, prompts)
+    def __call__(self, idx, prompts, decode):
+        return self._memo(tuple(_prompt_key(idx, p) for p in prompts), decode, idx, prompts)
 
     def _memo(self, key, fn, *args):
         r = self.memo.get(key)
@@ -175,18 +171,17 @@ class _Decoder:
         return r
 
     def __enter__(self):
-        # instance attributes shadow the methods
-        self.engine.predict, self.engine.predict_best = self, self.best
+        self.engine.set_decode_hook(self)
         return self
 
     def __exit__(self, *exc):
-        del self.engine.predict, self.engine.predict_best
+        self.engine.set_decode_hook(None)
         self.memo.clear()
 
 
 class _Oracle:
-    """``on_slice`` callback for the oracle: the 3D Dice when, on every slice, the best
-    of the model's 4 masks (primary + 3 alternatives) is chosen.
+    """Follows a session's interactions for the oracle: the 3D Dice when, on every slice,
+    the best of the model's 4 masks (primary + 3 alternatives) is chosen.
 
     Per slice it keeps each mask's overlap ``I`` with the truth and its size ``P``; the
     choice maximising the 3D Dice ``2 sum(I) / (sum(P) + G)`` is found exactly by
@@ -206,6 +201,12 @@ class _Oracle:
         g = self.gt[idx - self.lo]
         m = result.masks.reshape(len(result.masks), -1)
         self.stats[idx] = ((m & g.reshape(1, -1)).sum(axis=1), m.sum(axis=1))
+
+    def follow(self, interaction):
+        """Run a session interaction to the end, recording each slice it writes."""
+        for u in interaction:
+            self(u.index, u.result)
+        return interaction.change
 
     def dice(self) -> float:
         if not self.stats:
@@ -229,11 +230,12 @@ class _Oracle:
 def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_prompt, rng_edit) -> dict:
     """Simulate the user on one object; returns ``dice``/``oracle`` ``{n_edits: value}``,
     the prompt, and the clicks ``[k, x, y, positive]``."""
-    from ..session import Session
+    from RadSAMLib.config import RadSAMConfig
+    from RadSAMLib.session import Session
     lo, hi = bounds
     slab_gt = gt[lo:hi + 1]
     oracle = _Oracle(slab_gt, lo)
-    sess = Session(engine.model, engine.volume, engine=engine, strategy=setting.strategy, on_slice=oracle)
+    sess = Session(engine, RadSAMConfig(strategy=setting.strategy))
     slab = sess.mask[lo:hi + 1]           # a view: follows the session's edits
     marks = protocol.checkpoints(setting.level)
     out = {"dice": {}, "oracle": {}, "clicks": [], "edit_errors": []}
@@ -245,7 +247,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
     def click(ed):
         k, (x, y), pos = ed
         try:
-            sess.edit(k, (x, y), positive=pos)
+            oracle.follow(sess.edit_iter(k, (x, y), positive=pos))
         except RadSAMError as e:    # recorded, not fatal: a long run must not die on one click
             out["edit_errors"].append(f"{k} {x:g} {y:g} {int(pos)}: {e}")
         out["clicks"].append([int(k), int(x), int(y), int(pos)])   # pixel indices
@@ -256,7 +258,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
                              protocol.point_inner)
         out["prompt_slice"] = k0
         out["prompt"] = list(prompt.box) if prompt.box is not None else [list(p) for p in prompt.points]
-        sess.segment(k0, prompt, bounds=(lo, hi))
+        oracle.follow(sess.segment_iter(k0, prompt, bounds=(lo, hi)))
         mark(0)
         for n in range(1, protocol.edits + 1):
             ed = sample_edit(slab, slab_gt, rng_edit)
@@ -269,7 +271,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
         ks = [int(k) + lo for k in object_slices(slab_gt)]
         prompts = {k: make_prompt(setting.prompt, gt[k], rng_prompt, protocol.box_frac, protocol.box_max_px,
                                   protocol.point_inner) for k in ks}
-        sess.segment_slices(prompts)
+        oracle.follow(sess.segment_slices_iter(prompts))
         mark(0)
         for n in range(1, protocol.slice_edits + 1):
             for k in ks:
@@ -303,46 +305,15 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     Returns one dict per (object, setting) that was run, plus one per skipped object
     (``skipped`` holds the reason).
     """
-    from ..engine import SliceEngine
     protocol = protocol or Protocol()
     settings = [Setting.parse(s) for s in settings]
     if not settings:
         raise RadSAMError("no benchmark settings selected")
     t_case = time.perf_counter()
-    if isinstance(model_or_engine, SliceEngine):
-        engine = model_or_engine
-        if engine.axis != 0 or tuple(engine.volume.shape) != tuple(label_kji.shape):
-            raise RadSAMError("the engine must run on axis 0 of a volume shaped like the label array")
-    else:
-        engine = SliceEngine(model_or_engine, np.asarray(image_kji, np.float32), axis=0)
-    if tuple(image_kji.shape) != tuple(label_kji.shape):
-        raise RadSAMError(f"image {image_kji.shape} and label {label_kji.shape} arrays differ in shape")
-    model_name = model_name or engine.model.info.name
+    engine = _case_engine(model_or_engine, image_kji, label_kji)
     body = body_slices(np.asarray(image_kji), protocol.body_hu, protocol.min_body_fraction)
-
-    records, targets = [], []
-    base = {"model": model_name, "case": case}
-    for value, name in objects.items():
-        if name in skip:
-            continue
-        gt, bounds = object_target(label_kji, int(value), body)
-        vox = int(gt.sum())
-        nsl = 0 if bounds is None else int(len(object_slices(gt[bounds[0]:bounds[1] + 1])))
-        reason = None
-        if int((label_kji == int(value)).sum()) == 0:
-            reason = "absent"
-        elif bounds is None:
-            reason = "no body slices"
-        elif vox < protocol.min_voxels:
-            reason = f"{vox} voxels < {protocol.min_voxels}"
-        elif nsl < protocol.min_slices:
-            reason = f"{nsl} slices < {protocol.min_slices}"
-        if reason:
-            records.append({**base, "object": name, "value": int(value), "skipped": reason})
-            if on_object:
-                on_object(records[-1:])
-        else:
-            targets.append((int(value), name, bounds, vox, nsl))
+    base = {"model": model_name or engine.model.info.name, "case": case}
+    records, targets = _select_objects(label_kji, objects, body, protocol, skip, base, on_object)
 
     needed = sorted({k for _, _, (lo, hi), _, _ in targets for k in range(lo, hi + 1)})
     enc0, enc_s0 = engine.encode_count, engine.encode_seconds
@@ -378,3 +349,45 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
                        "total_s": round(time.perf_counter() - t_case, 4),
                        "device": str(engine.model.device)})
     return records
+
+
+def _case_engine(model_or_engine, image_kji, label_kji):
+    """The case's engine: the one given (checked against the arrays) or a new one (axis 0)."""
+    from RadSAMLib.engine import SliceEngine
+    if isinstance(model_or_engine, SliceEngine):
+        engine = model_or_engine
+        if engine.axis != 0 or tuple(engine.volume.shape) != tuple(label_kji.shape):
+            raise RadSAMError("the engine must run on axis 0 of a volume shaped like the label array")
+    else:
+        engine = SliceEngine(model_or_engine, np.asarray(image_kji, np.float32), axis=0)
+    if tuple(image_kji.shape) != tuple(label_kji.shape):
+        raise RadSAMError(f"image {image_kji.shape} and label {label_kji.shape} arrays differ in shape")
+    return engine
+
+
+def _select_objects(label_kji, objects, body, protocol, skip, base, on_object):
+    """``(records of the objects skipped, with the reason; targets (value, name, bounds,
+    voxels, slices) to run)``; objects named in ``skip`` are left out altogether."""
+    records, targets = [], []
+    for value, name in objects.items():
+        if name in skip:
+            continue
+        gt, bounds = object_target(label_kji, int(value), body)
+        vox = int(gt.sum())
+        nsl = 0 if bounds is None else int(len(object_slices(gt[bounds[0]:bounds[1] + 1])))
+        reason = None
+        if int((label_kji == int(value)).sum()) == 0:
+            reason = "absent"
+        elif bounds is None:
+            reason = "no body slices"
+        elif vox < protocol.min_voxels:
+            reason = f"{vox} voxels < {protocol.min_voxels}"
+        elif nsl < protocol.min_slices:
+            reason = f"{nsl} slices < {protocol.min_slices}"
+        if reason:
+            records.append({**base, "object": name, "value": int(value), "skipped": reason})
+            if on_object:
+                on_object(records[-1:])
+        else:
+            targets.append((int(value), name, bounds, vox, nsl))
+    return records, targets

@@ -1,7 +1,7 @@
 """``radsam benchmark``: the simulated-user 3D Dice benchmark from the command line.
 
 The lead's ``RadSAMLib/cli.py`` mounts :func:`add_arguments` / :func:`run` as the
-``benchmark`` subcommand; ``python -m RadSAMLib.benchmark.cli ...`` runs it directly.
+``benchmark`` subcommand; ``python -m RadSAMBench.cli ...`` runs it directly.
 Kept import-light (no torch at import): every ``radsam`` invocation imports this module.
 
 Results go to ``--out`` (``results.json``, ``report.md``, PNG plots). The JSON is
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from .. import DEFAULT_MODEL
-from ..errors import RadSAMError
+from RadSAMLib import DEFAULT_MODEL
+from RadSAMLib.errors import RadSAMError
+from RadSAMLib.files import atomic_write
 
 RESULTS_VERSION = 1
 
@@ -104,11 +103,10 @@ def _settings(args):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, separators=(",", ":"))   # compact: clicks make big files
-    os.chmod(tmp, 0o644)   # mkstemp makes it private; results are meant to be shared
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, separators=(",", ":"))   # compact: clicks make big files
+    atomic_write(path, write, suffix=".json")
 
 
 def _same_config(a: dict, b: dict) -> bool:
@@ -172,7 +170,7 @@ def run(args) -> int:
 def _run_todo(todo, objects, settings, protocol, args, results, path):
     from tqdm import tqdm
 
-    from ..models import load_model
+    from RadSAMLib.models import load_model
     from .protocol import run_case
     if args.threads:
         import torch

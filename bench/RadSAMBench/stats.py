@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..metrics import dice  # noqa: F401  (re-exported: the one Dice definition)
+from RadSAMLib.metrics import dice  # noqa: F401  (re-exported: the one Dice definition)
 
 
 def bootstrap_ci(groups, n_boot: int = 2000, seed: int = 0, level: float = 0.95):

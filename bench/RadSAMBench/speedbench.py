@@ -31,12 +31,14 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import DEFAULT_MODEL
+from RadSAMLib import DEFAULT_MODEL
+from RadSAMLib.metrics import dice
 
 # The liver of the abdominal example spans 62 coronal slices (axis 1): a 60-slice run of
 # real CT slices (30 x 122 pixels each) on an object the base model follows reliably.
@@ -47,10 +49,10 @@ DEFAULT_AXIS = 1
 
 # -- inputs ------------------------------------------------------------------------------
 def data_root() -> Path:
+    """``$RADSAM_DATA``, else ``../shared/data`` from the current folder (a checkout, as
+    in the README's commands); never from where this package is installed."""
     env = os.environ.get("RADSAM_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(env) if env else Path.cwd().parent / "shared" / "data"
 
 
 def load_volume(spec: str | None):
@@ -69,9 +71,9 @@ def load_volume(spec: str | None):
         base = data_root() / spec
         p = Path(str(base) + "_ct.nii.gz") if not base.exists() else base
     if not p.exists():
-        from .errors import ImageError
+        from RadSAMLib.errors import ImageError
         raise ImageError(f"benchmark volume not found: {spec} (give a CT path, an .npz, or set RADSAM_DATA)")
-    from .imageio import image_to_array, read_image
+    from RadSAMLib.imageio import image_to_array, read_image
     ct = image_to_array(read_image(p))
     lab_path = Path(str(p).replace("_ct.nii.gz", "_oar.nii.gz"))
     if p.name == "ct.nii.gz":
@@ -86,7 +88,7 @@ def load_volume(spec: str | None):
 def pick_task(ct, label, label_value: int, n: int):
     """Prompt slice, its box (x0, y0, x1, y1) and inclusive bounds of an ``n``-slice run
     centred in the object's extent along axis 0 (the whole volume if no label)."""
-    from .prompts import box_of_mask
+    from RadSAMLib.prompts import box_of_mask
     if label is not None and (label == label_value).any():
         obj = label == label_value
         ks = np.where(obj.any(axis=(1, 2)))[0]
@@ -106,8 +108,8 @@ def random_sam(kind: str, device):
     on the weights' values)."""
     from segment_anything import sam_model_registry
 
-    from .models.base import ModelInfo, SamFamilyModel
-    from .models.registry import _SAM_MEAN, _SAM_STD
+    from RadSAMLib.models.base import ModelInfo, SamFamilyModel
+    from RadSAMLib.models.registry import _SAM_MEAN, _SAM_STD
     torch.manual_seed(0)
     sam = sam_model_registry[kind.replace("sam_", "")](checkpoint=None)
     info = ModelInfo(kind, 1024, "random", "random", mask_prompt_trained=False, default_strategy="box")
@@ -161,21 +163,30 @@ def loadavg() -> str:
 
 # -- one path ---------------------------------------------------------------------------------
 def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
-    from .accel import accelerate
-    from .engine import SliceEngine
-    from .prompts import SlicePrompt
-    from .session import Session
-
+    """One (encoder, decoder) path on one volume: a row of the table (see the module doc)."""
     start, box, (lo, hi) = task
-    n = hi - lo + 1
-    row = {"device": device.type, "encoder": enc_name, "decoder": dec_name, "slices": n}
+    row = {"device": device.type, "encoder": enc_name, "decoder": dec_name, "slices": hi - lo + 1}
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     reset_peak_rss()
+    model, eng = _cold_start(base_model, enc_name, dec_name, ct, task, args, device, load_s, row)
+    _time_encoder(model, eng, ct, task, args, device, row)
+    _time_decoder(eng, task, args, device, row)
+    _time_propagation_and_edits(model, ct, task, args, device, row)
+    row["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        row["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return row
 
-    # Cold start: build the paths (export included when the graph is not cached) + first slice.
+
+def _cold_start(base_model, enc_name, dec_name, ct, task, args, device, load_s, row):
+    """Build the paths (export included when the graph is not cached) + the first slice."""
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    start, box, _ = task
     t0 = time.perf_counter()
     model = accelerate(base_model, enc_name, dec_name, threads=args.threads)
     eng = SliceEngine(model, ct, axis=0)
@@ -184,8 +195,12 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
     row["cold_start_s"] = load_s + time.perf_counter() - t0
     row["export_s"] = getattr(model.encode, "export_seconds", 0.0) + getattr(model.decode, "export_seconds", 0.0)
     row["encoder_backend"], row["decoder_backend"] = model.backends["encoder"], model.backends["decoder"]
+    return model, eng
 
-    # Encoder alone, on real slices of the run (not the prompt slice: it is cached now).
+
+def _time_encoder(model, eng, ct, task, args, device, row):
+    """The encoder alone, on real slices of the run (not the prompt slice: it is cached)."""
+    start, _, (lo, hi) = task
     frame, win = eng.frame, eng.window
     ks = [k for k in range(lo, hi + 1) if k != start]
     if device.type == "cuda":
@@ -201,20 +216,32 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
         per = timed(lambda: model.encode(next(it)), args.repeats, device)
     row["encode_ms_min"], row["encode_ms_med"] = 1e3 * min(per), 1e3 * statistics.median(per)
 
-    # Decoder (full predict) on the cached prompt slice with a propagation-style prompt.
-    sess = Session(model, ct, engine=eng)
-    strat = sess.strategy
+
+def _time_decoder(eng, task, args, device, row):
+    """A full predict on the cached prompt slice with a propagation-style prompt."""
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    start, box, _ = task
+    strat = Session(eng).strategy
     first = eng.predict(start, SlicePrompt(box=box)).mask
-    prompt = strat.prompt_from_mask(first, frame.scale) if first.any() else SlicePrompt(box=box)
+    prompt = strat.prompt_from_mask(first, eng.frame.scale) if first.any() else SlicePrompt(box=box)
     eng.predict(start, prompt)
     dec = timed(lambda: eng.predict(start, prompt), max(5, 3 * args.repeats), device)
     row["decode_ms_min"], row["decode_ms_med"] = 1e3 * min(dec), 1e3 * statistics.median(dec)
 
-    # Volume-level propagation from cold: a fresh engine (empty cache) on the same model.
+
+def _time_propagation_and_edits(model, ct, task, args, device, row):
+    """Volume-level propagation from cold (a fresh engine, empty cache, on the same model),
+    then two correction clicks on the prompt slice, ``--prop-repeats`` times."""
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    start, box, (lo, hi) = task
+    n = hi - lo + 1
     props, edits = [], []
     for r in range(args.prop_repeats):
         eng = SliceEngine(model, ct, axis=0)
-        sess = Session(model, ct, engine=eng)
+        sess = Session(eng)
         order = [start] + list(range(start + 1, hi + 1)) + list(range(start - 1, lo - 1, -1))
         sync(device)
         t0 = time.perf_counter()
@@ -232,45 +259,44 @@ def bench_path(base_model, enc_name, dec_name, ct, task, args, device, load_s):
         if r == 0:  # the same box on every slice: encoder/decoder error without propagation's feedback
             row["_same"] = np.stack([eng.predict(k, SlicePrompt(box=box)).mask for k in range(lo, hi + 1)])
         row["nonempty"] = int(sum(sess.slice_mask(k).any() for k in range(lo, hi + 1)))
-        # Edit: a positive point at the centre of the prompt slice's mask. As a user makes
-        # it, re-propagation stops where the new masks agree with the old (``edit_conv``);
-        # the timed figure is the worst case: re-propagation over the whole range (the
-        # session's convergence stop disabled), all from cached embeddings.
-        m = sess.slice_mask(start)
-        ys, xs = np.nonzero(m) if m.any() else (np.array([box[1], box[3]]), np.array([box[0], box[2]]))
-        pt = (float(np.median(xs)), float(np.median(ys)))
-        sync(device)
-        t0 = time.perf_counter()
-        ch = sess.edit(start, pt, positive=True)
-        sync(device)
-        row["edit_conv_s"], row["edit_conv_slices"] = time.perf_counter() - t0, len(ch.slices)
-        if hasattr(sess, "converge_dice"):
-            sess.converge_dice = 2.0  # never "converged": every slice to both bounds
-        sync(device)
-        t0 = time.perf_counter()
-        ch = sess.edit(start, (pt[0] + 1, pt[1]), positive=True)
-        sync(device)
-        edits.append(time.perf_counter() - t0)
-        row["edited"] = len(ch.slices)
+        edits.append(_time_edits(sess, task, device, row))
     row["prop_s_min"], row["prop_s_med"] = min(props), statistics.median(props)
     row["prop_slices_per_s"] = n / min(props)
     row["prop_over_encode"] = min(props) / (n * row["encode_ms_med"] / 1e3)
     row["prop_over_encode_in_run"] = props[-1] / max(row["prop_encode_s"], 1e-9)
     row["edit_s_min"], row["edit_s_med"] = min(edits), statistics.median(edits)
     row["edit_slices_per_s"] = row["edited"] / min(edits)
-    row["peak_rss_mb"] = peak_rss_mb()
-    if device.type == "cuda":
-        row["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    del model, eng, sess
-    return row
+
+
+def _time_edits(sess, task, device, row) -> float:
+    """A positive point at the centre of the prompt slice's mask. As a user makes it,
+    re-propagation stops where the new masks agree with the old (``edit_conv``); the
+    returned time is the worst case: a second click re-propagating over the whole range
+    (the session's convergence stop disabled), all from cached embeddings."""
+    start, box, _ = task
+    m = sess.slice_mask(start)
+    ys, xs = np.nonzero(m) if m.any() else (np.array([box[1], box[3]]), np.array([box[0], box[2]]))
+    pt = (float(np.median(xs)), float(np.median(ys)))
+    sync(device)
+    t0 = time.perf_counter()
+    ch = sess.edit(start, pt, positive=True)
+    sync(device)
+    row["edit_conv_s"], row["edit_conv_slices"] = time.perf_counter() - t0, len(ch.slices)
+    sess.config = replace(sess.config, converge_dice=2.0)  # never "converged": every slice to both bounds
+    sync(device)
+    t0 = time.perf_counter()
+    ch = sess.edit(start, (pt[0] + 1, pt[1]), positive=True)
+    sync(device)
+    row["edited"] = len(ch.slices)
+    return time.perf_counter() - t0
 
 
 def memory_check(base_model, ct, task, args, device):
     """Peak RSS of a ``--memory-slices`` session at 512x512 (auto paths)."""
-    from .accel import accelerate
-    from .engine import SliceEngine
-    from .prompts import SlicePrompt
-    from .session import Session
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
     import torch.nn.functional as F
 
     n = args.memory_slices
@@ -286,7 +312,7 @@ def memory_check(base_model, ct, task, args, device):
     vol = vol.round_().to(torch.int16).numpy()
     model = accelerate(base_model, "auto", "auto", threads=args.threads)
     eng = SliceEngine(model, vol, axis=0)
-    sess = Session(model, vol, engine=eng)
+    sess = Session(eng)
     start, box, _ = task
     k0 = int(round((start + 0.5) * n / ct.shape[0] - 0.5))
     real = list(range(max(0, k0 - args.memory_real // 2), min(n, k0 + (args.memory_real + 1) // 2)))
@@ -294,12 +320,9 @@ def memory_check(base_model, ct, task, args, device):
     eng.encode_slices(real, batch_size=args.batch if device.type == "cuda" else 1)
     encode_s = time.perf_counter() - t0
     src = [eng.embedding(k) for k in real]
-    filled = 0
-    with eng._cache_lock:
-        for k in range(n):
-            if k not in eng._cache:
-                eng._cache[k] = src[k % len(src)].clone()
-                filled += 1
+    copies = {k: src[k % len(src)].clone() for k in sorted(set(range(n)) - set(eng.cached_slices()))}
+    eng.set_embeddings(copies)
+    filled = len(copies)
     sx, sy = 512 / ct.shape[2], 512 / ct.shape[1]
     box = (box[0] * sx, box[1] * sy, min(511.0, box[2] * sx), min(511.0, box[3] * sy))
     t0 = time.perf_counter()
@@ -313,17 +336,12 @@ def memory_check(base_model, ct, task, args, device):
             "undo_steps": len(sess._undo)}
 
 
-def _dice(a, b) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def cold_start(args) -> int:
     """Model load + building the auto paths + the first slice, in this (fresh) process."""
-    from .accel import accelerate
-    from .engine import SliceEngine
-    from .models import load_model
-    from .prompts import SlicePrompt
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.models import load_model
+    from RadSAMLib.prompts import SlicePrompt
     ct, label, name = load_volume(args.volume)
     start, box, _ = pick_task(ct, label, args.label, args.slices)
     dev = "cuda" if args.devices == "auto" and torch.cuda.is_available() else args.devices.split(",")[0].replace("auto", "cpu")
@@ -359,12 +377,12 @@ def format_table(rows) -> str:
         enc = "%.1f (%.1f)" % (r["encode_ms_min"], r["encode_ms_med"])
         if "encode_batch" in r:
             enc += " b%d" % r["encode_batch"]
-        dice = "%.4f (%.4f) | %.4f" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"], r["same_box_dice_min"]) if "dice_vs_eager_min" in r else "- | -"
+        dice_cell = "%.4f (%.4f) | %.4f" % (r["dice_vs_eager_min"], r["dice_vs_eager_mean"], r["same_box_dice_min"]) if "dice_vs_eager_min" in r else "- | -"
         lines.append("| %s | %s | %s | %s | %.1f (%.1f) | %.1f (%d) | %.2f (%s) | %.1f (%.2f, %d) | %.0f | %s | %.2f (%.1f) | %s | %s |" % (
             r["device"], r["encoder_backend"], r["decoder_backend"], enc, r["decode_ms_min"], r["decode_ms_med"],
             r["prop_slices_per_s"], r["slices"], r["prop_over_encode"], "%.2f" % r["prop_over_encode_in_run"] if "prop_over_encode_in_run" in r else "-", r["edit_slices_per_s"], r["edit_s_min"], r["edited"],
             r["peak_rss_mb"], "%.0f" % r["cuda_max_alloc_mb"] if "cuda_max_alloc_mb" in r else "-",
-            r["cold_start_s"], r["export_s"], ratio, dice))
+            r["cold_start_s"], r["export_s"], ratio, dice_cell))
     return "\n".join(lines)
 
 
@@ -392,7 +410,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def default_paths(model, device) -> list[tuple[str, str]]:
-    from .accel import available_decoders, available_encoders
+    from RadSAMLib.accel import available_decoders, available_encoders
     enc, dec = available_encoders(model, device), available_decoders(model, device)
     paths = [("torch", "eager")]
     if device.type == "cpu":
@@ -405,7 +423,7 @@ def default_paths(model, device) -> list[tuple[str, str]]:
 
 
 def run(args) -> int:
-    from .models import load_model
+    from RadSAMLib.models import load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cold_only:
@@ -452,9 +470,9 @@ def run(args) -> int:
             if (enc, dec) == ("torch", "eager"):
                 ref_masks, ref_same = masks, same
             elif ref_masks is not None:  # agreement with eager fp32 after the whole propagation
-                d = [_dice(a, b) for a, b in zip(masks, ref_masks)]
+                d = [dice(a, b) for a, b in zip(masks, ref_masks)]
                 r["dice_vs_eager_min"], r["dice_vs_eager_mean"] = float(min(d)), float(np.mean(d))
-                d = [_dice(a, b) for a, b in zip(same, ref_same) if a.sum() + b.sum() >= 20]
+                d = [dice(a, b) for a, b in zip(same, ref_same) if a.sum() + b.sum() >= 20]
                 r["same_box_dice_min"] = float(min(d)) if d else float("nan")
             rows.append(r)
             print(f"# {dev_name} {enc}:{dec} done in {time.perf_counter() - t0:.0f} s (load {r['load']}): "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..prompts import SlicePrompt
+from RadSAMLib.prompts import SlicePrompt
 
 PROMPT_SLICES = ("middle", "largest", "random")
 PROMPT_KINDS = ("box", "point")

@@ -1,0 +1,69 @@
+"""RadSAM's tunables, in one frozen, documented place.
+
+A :class:`RadSAMConfig` is given to :class:`~RadSAMLib.engine.SliceEngine` (the encoder
+fields) and to :class:`~RadSAMLib.session.Session` (the propagation fields). Spec strings
+(``--strategy hybrid:5``, a prompts file, the Slicer module's setting) are parsed once,
+when the config is made. Measured effects of the defaults are in docs/benchmark/.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .errors import RadSAMError
+from .propagation import Strategy
+
+# The fields SliceEngine reads; a Session's config must agree with its engine's on these.
+ENGINE_FIELDS = ("prefetch_batch", "encoder_batch")
+
+
+@dataclass(frozen=True)
+class RadSAMConfig:
+    """How RadSAM propagates, stops and encodes.
+
+    Arguments:
+      strategy (Strategy, str or None): how a slice's mask becomes the prompt of the next
+        slice: ``mask``, ``box[:margin]``, ``mask+box[:margin[:grow]]`` or
+        ``hybrid[:margin[:grow]]`` (see :mod:`RadSAMLib.propagation`); a spec string is
+        parsed here. ``None`` (or ``"auto"``): the model's own default, named by its weights (the base
+        LiteMedSAM's ``box``; the bundled RadSAM fine-tune's ``hybrid:5``).
+      converge_dice (float): re-propagation after a correction click stops at the first
+        slice whose new mask has at least this Dice with its old one: from there on the old
+        result is what the new one would be, and rewriting it would only cost time.
+      min_score (float): without bounds, propagation stops at the first slice whose
+        predicted IoU is below this (the object has ended; the slice is cleared).
+      min_pixels (int): ... or whose mask has fewer pixels. With bounds, a neighbour mask
+        below this size makes the rest of the run empty instead (the object was lost).
+      prefetch_batch (int or None): slices per encoder call when the engine encodes ahead
+        of propagation in its background thread. ``None``: 16 on a CUDA device (one slice
+        per call is launch-bound there), 1 elsewhere (the first slice is ready soonest).
+      encoder_batch (int or None): the most slices the PyTorch encoder runs in one forward
+        pass (bounds activation memory; larger calls are split). ``None``: 32 on a GPU, 1
+        on the CPU. The ONNX Runtime path runs one slice at a time regardless.
+    """
+
+    strategy: Strategy | None = None
+    converge_dice: float = 0.99
+    min_score: float = 0.5
+    min_pixels: int = 1
+    prefetch_batch: int | None = None
+    encoder_batch: int | None = None
+
+    def __post_init__(self):
+        if self.strategy in ("", "auto"):
+            object.__setattr__(self, "strategy", None)
+        if self.strategy is not None and not isinstance(self.strategy, Strategy):
+            object.__setattr__(self, "strategy", Strategy.parse(self.strategy))
+        if not 0.0 <= self.converge_dice <= 2.0:   # above 1: never converge (every slice rewritten)
+            raise RadSAMError(f"converge_dice must be in 0..2, got {self.converge_dice}")
+        for name in ("min_pixels", "prefetch_batch", "encoder_batch"):
+            v = getattr(self, name)
+            if v is not None and (int(v) != v or v < (0 if name == "min_pixels" else 1)):
+                raise RadSAMError(f"{name} must be a {'non-negative' if name == 'min_pixels' else 'positive'} "
+                                  f"integer, got {v}")
+
+    def engine_fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in ENGINE_FIELDS}
+
+    def strategy_for(self, model) -> Strategy:
+        """The configured strategy, or ``model``'s default."""
+        return self.strategy or Strategy.parse(model.info.default_strategy)
