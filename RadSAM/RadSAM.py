@@ -10,6 +10,7 @@ import logging
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
@@ -29,20 +30,26 @@ MODELS = (
 DEVICES = ("auto", "cpu", "cuda")
 
 # Keyboard shortcuts, active while the module is shown: widget name -> key. Plain letters
-# are avoided: slice views use some (b/f move between slices).
+# are avoided: slice views use some (b/f move between slices), and `[`/`]` switch the
+# background volume there.
 SHORTCUTS = {
     "boxButton": "Shift+B",
     "pointPositiveButton": "Shift+A",
     "pointNegativeButton": "Shift+D",
     "maskButton": "Shift+M",
-    "bottomButton": "[",
-    "topButton": "]",
+    "bottomButton": "Shift+End",
+    "topButton": "Shift+Home",
     "segmentButton": "Shift+S",
     "undoButton": "Ctrl+Z",
     "redoButton": "Ctrl+Y",
 }
 
 BOX_NAME, POSITIVE_NAME, NEGATIVE_NAME = "RadSAM box", "RadSAM +", "RadSAM -"
+# Correction clicks (edit mode) go to lists of their own: they stay visible until cleared
+# and are never read as the next segmentation's prompt.
+FIX_POSITIVE_NAME, FIX_NEGATIVE_NAME = "RadSAM correction +", "RadSAM correction -"
+COLORS = {BOX_NAME: (1.0, 0.8, 0.1), POSITIVE_NAME: (0.1, 0.9, 0.2), NEGATIVE_NAME: (0.9, 0.1, 0.1),
+          FIX_POSITIVE_NAME: (0.3, 1.0, 0.6), FIX_NEGATIVE_NAME: (1.0, 0.4, 0.6)}
 
 
 class RadSAM(ScriptedLoadableModule):
@@ -87,8 +94,10 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelector.currentSegmentChanged.connect(self.updateGUI)
 
         self.ui.boxButton.clicked.connect(lambda: self.onPlace(self.ui.boxButton, BOX_NAME))
-        self.ui.pointPositiveButton.clicked.connect(lambda: self.onPlace(self.ui.pointPositiveButton, POSITIVE_NAME))
-        self.ui.pointNegativeButton.clicked.connect(lambda: self.onPlace(self.ui.pointNegativeButton, NEGATIVE_NAME))
+        self.ui.pointPositiveButton.clicked.connect(lambda: self.onPlace(
+            self.ui.pointPositiveButton, FIX_POSITIVE_NAME if self.ui.editModeCheckBox.checked else POSITIVE_NAME))
+        self.ui.pointNegativeButton.clicked.connect(lambda: self.onPlace(
+            self.ui.pointNegativeButton, FIX_NEGATIVE_NAME if self.ui.editModeCheckBox.checked else NEGATIVE_NAME))
         self.ui.bottomButton.clicked.connect(lambda: self.onSetBound(self.ui.bottomSpinBox))
         self.ui.topButton.clicked.connect(lambda: self.onSetBound(self.ui.topSpinBox))
         self.ui.segmentButton.clicked.connect(self.onSegment)
@@ -97,12 +106,17 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoButton.clicked.connect(lambda: self.onHistory("redo"))
         self.ui.cancelButton.clicked.connect(self.onCancel)
 
+        # Back-to-back ticks: each one waits on the job with the GIL released (the worker
+        # runs), so the interval only has to let Qt process events in between.
         self.timer = qt.QTimer()
-        self.timer.setInterval(100)
+        self.timer.setInterval(10)
         self.timer.timeout.connect(self.onTimer)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
         self.updateGUI()
 
     # -- module lifecycle --------------------------------------------------------------------
@@ -134,6 +148,11 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None:
             self.logic.clear_cache()
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node):
+        if self.logic is not None and node is not None and node.IsA("vtkMRMLVolumeNode"):
+            self.logic.forget_volume(node.GetID())
+
     # -- helpers -----------------------------------------------------------------------------
     def showMessage(self, text, error=False):
         self.ui.statusLabel.text = text
@@ -152,19 +171,36 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(text)
 
     def ensureLogic(self):
-        """Install missing packages after asking (first use); then create the logic."""
+        """Install missing packages after asking (first use); then create the logic. The
+        question comes without a wait cursor; the installs show which package is being
+        installed (pip's own output goes to the Python console)."""
         if self.logic is not None:
             return True
+        dialog = None
+
+        def progress(done, total, requirement):
+            nonlocal dialog
+            if dialog is None:
+                dialog = slicer.util.createProgressDialog(
+                    parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
+                    maximum=total)
+            dialog.labelText = f"Installing {requirement} ({done + 1} of {total}); this can take minutes..." \
+                if requirement else "Installed."
+            dialog.value = done
+            slicer.app.processEvents()
+
         try:
-            with slicer.util.WaitCursor():
-                ready = dependencies.ensure(
-                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
-                    install_torch=dependencies.install_torch_with_pytorch_utils,
-                    pip_install=slicer.util.pip_install)
+            ready = dependencies.ensure(
+                confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
+                install_torch=dependencies.install_torch_with_pytorch_utils,
+                pip_install=slicer.util.pip_install, progress=progress)
         except dependencies.DependencyError as e:
             self.showMessage(str(e), error=True)
             slicer.util.errorDisplay(str(e))
             return False
+        finally:
+            if dialog is not None:
+                dialog.close()
         if not ready:
             self.showMessage("RadSAM needs its Python packages: press Segment again to install them.", error=True)
             return False
@@ -194,8 +230,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None and create:
             node = slicer.mrmlScene.AddNewNodeByClass(cls, name)
             node.CreateDefaultDisplayNodes()
-            color = {BOX_NAME: (1.0, 0.8, 0.1), POSITIVE_NAME: (0.1, 0.9, 0.2), NEGATIVE_NAME: (0.9, 0.1, 0.1)}[name]
-            node.GetDisplayNode().SetSelectedColor(*color)
+            node.GetDisplayNode().SetSelectedColor(*COLORS[name])
         if node is not None and name != BOX_NAME and \
                 not self.hasObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced):
             self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
@@ -238,6 +273,13 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interaction.SetPlaceModePersistence(0 if name == BOX_NAME else 1)
         interaction.SetCurrentInteractionMode(interaction.Place)
 
+    def onInteractionModeChanged(self, caller, event=None):
+        """The placing buttons show the interaction mode: a placed box, Esc or a right
+        click ends placing, and the button is released."""
+        if caller.GetCurrentInteractionMode() != caller.Place:
+            for button in (self.ui.boxButton, self.ui.pointPositiveButton, self.ui.pointNegativeButton):
+                button.checked = False
+
     def stopPlacing(self):
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.ViewTransform)
@@ -251,6 +293,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             axis = self.viewAxis(volume)
             idx = self.currentSliceIndex(volume, axis)
             n = geometry.volume_shape(volume)[axis]
+            self.updateBoundsRange()
             if not 0 <= idx < n:
                 raise ValueError(f"the current slice ({idx}) is outside the volume (0..{n - 1})")
             spinBox.value = idx
@@ -258,7 +301,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(str(e), error=True)
 
     def onClearPrompts(self):
-        for name in (BOX_NAME, POSITIVE_NAME, NEGATIVE_NAME):
+        for name in COLORS:
             node = self.markupsNode(name, create=False)
             if node is not None:
                 node.RemoveAllControlPoints()
@@ -284,7 +327,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPointPlaced(self, caller, event=None):
         """Edit mode: each new point is a correction on its slice, re-propagated at once."""
-        if self.ui.editModeCheckBox.checked and caller.GetNumberOfControlPoints() > 0:
+        if caller.GetName() in (FIX_POSITIVE_NAME, FIX_NEGATIVE_NAME) and caller.GetNumberOfControlPoints() > 0:
             # Not inside the markups node's own event: act once it has returned.
             qt.QTimer.singleShot(0, lambda: self.correctWithLastPoint(caller))
 
@@ -294,13 +337,15 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         n = node.GetNumberOfControlPoints() - 1
         ras = [0.0, 0.0, 0.0]
         node.GetNthControlPointPositionWorld(n, ras)
-        positive = node.GetName() == POSITIVE_NAME
-        node.RemoveNthControlPoint(n)   # the session keeps the point; the list stays a prompt list
+        positive = node.GetName() in (POSITIVE_NAME, FIX_POSITIVE_NAME)
         try:
             self.logic.set_model(self.modelSpec())
             job = self.logic.start_edit_at(self.target(), ras, positive=positive)
         except Exception as e:
             self.showError(e)
+            return
+        if job is None:   # a job is running: the click waits for it (the point stays shown)
+            self.showMessage(f"Correction queued ({self.logic.queued} waiting); it runs when the current step ends.")
             return
         self.startProgress(job, "Correcting")
 
@@ -331,10 +376,13 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTimer(self):
         try:
-            self.logic.pump()
+            self.logic.tick()
         except Exception as e:
             self.logic.cancel()
             self.showError(e)
+        if self.logic.job is not None and self.logic.job is not self.job:
+            self.job = self.logic.job     # a queued correction started
+            self.showMessage("Correcting (queued click)...")
         done, total = self.job.progress
         self.ui.progressBar.setMaximum(max(total, 1))
         self.ui.progressBar.setValue(done)
@@ -353,12 +401,20 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onVolumeChanged(self, node=None):
+        self.updateBoundsRange()
+        self.updateGUI()
+
+    def updateBoundsRange(self):
+        """The bound spin boxes count slices along the axis RadSAM propagates across."""
+        volume = self.ui.volumeSelector.currentNode()
         n = 0
-        if node is not None and node.GetImageData() is not None:
-            n = max(geometry.volume_shape(node))
+        if volume is not None and volume.GetImageData() is not None:
+            try:
+                n = geometry.volume_shape(volume)[self.viewAxis(volume)]
+            except Exception:
+                n = 0
         for spinBox in (self.ui.bottomSpinBox, self.ui.topSpinBox):
             spinBox.maximum = max(n - 1, 0)
-        self.updateGUI()
 
     def updateGUI(self, *args):
         busy = self.logic is not None and self.logic.busy

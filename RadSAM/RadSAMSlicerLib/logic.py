@@ -20,7 +20,7 @@ import numpy as np
 
 from . import geometry, markups, segmentio
 from .errors import user_error
-from .jobs import Job, Worker
+from .jobs import Job, Ticker, Worker
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ class RadSAMLogic:
         self.job: Job | None = None
         self._job_target: _Target | None = None
         self._job_written: set = set()
+        self._queued: list = []          # correction clicks made while a job ran, in order
+        self.ticker = Ticker()
 
     # -- nodes -----------------------------------------------------------------------------
     def create_segmentation(self, volume_node, name: str | None = None):
@@ -155,6 +157,10 @@ class RadSAMLogic:
         (inclusive ``(bottom, top)`` slice indices along ``target.axis``)."""
         if bounds is not None and (bounds[0] is None or bounds[1] is None):
             raise user_error("set both the bottom and the top slice (or neither)", "BoundsError")
+        if bounds is not None:
+            # Bottom and Top are the organ's ends in patient terms: which index is lower
+            # depends on which way the volume's slice axis runs.
+            bounds = (min(bounds), max(bounds))
         return self._session_job(target, lambda s: s.segment(slice_idx, prompt, bounds=bounds), "segment")
 
     def start_segment_from_markups(self, target: _Target, bounds=None, box_node=None, positive=None,
@@ -172,12 +178,24 @@ class RadSAMLogic:
                                              mask, mask_slice)
         return self.start_segment(target, idx, prompt, bounds)
 
-    def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job:
-        """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate."""
+    def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job | None:
+        """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate.
+
+        While a job runs the click is queued (``None`` is returned) and starts, in order,
+        once the running job's results are in the segment (:meth:`pump`), so it starts
+        from them. :meth:`cancel` drops queued clicks too."""
+        if self.busy:
+            self._queued.append((target, slice_idx, point_xy, positive))
+            return None
         return self._session_job(target, lambda s: s.edit(slice_idx, point_xy, positive), "edit")
 
-    def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job:
-        """A correction click at world RAS ``ras``."""
+    @property
+    def queued(self) -> int:
+        """Correction clicks waiting for the running job."""
+        return len(self._queued)
+
+    def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job | None:
+        """A correction click at world RAS ``ras`` (queued while a job runs)."""
         shape = geometry.volume_shape(target.volume_node)
         s, x, y = geometry.split_kji(geometry.world_to_kji(target.volume_node, ras), target.axis)
         rows, cols = [shape[a] for a in range(3) if a != target.axis]
@@ -189,11 +207,19 @@ class RadSAMLogic:
 
     @property
     def busy(self) -> bool:
-        return self.job is not None and not (self.job.finished and self._job_target is None)
+        return bool(self._queued) or (self.job is not None and not (self.job.finished and self._job_target is None))
 
     def cancel(self) -> None:
+        self._queued = []
         if self.job is not None:
             self.job.cancel()
+
+    def tick(self) -> list:
+        """One main-loop tick of a running job (Slicer's timer): let the worker run for a
+        moment with the GIL free, then, coalesced, :meth:`pump`. Returns the slices written."""
+        if self.job is None or self._job_target is None:
+            return self.pump()
+        return self.pump() if self.ticker.tick(self.job) else []
 
     def pump(self) -> list:
         """Main thread: copy the slices the worker finished into the segment. When the job
@@ -220,6 +246,15 @@ class RadSAMLogic:
         self._job_written.update(masks)
         if finished:
             self._job_target = None
+            if job.error is not None or job.cancel_requested.is_set():
+                self._queued = []          # a failed or cancelled run takes its queued clicks along
+            if self._queued:
+                target, slice_idx, xy, positive = self._queued.pop(0)
+                try:
+                    self.start_edit(target, slice_idx, xy, positive)
+                except Exception:
+                    self._queued = []
+                    raise
         return written
 
     def wait(self, job: Job | None = None, timeout: float = 600.0, interval: float = 0.02):
@@ -230,6 +265,9 @@ class RadSAMLogic:
         while True:
             self.pump()
             if job.finished and self._job_target is None:
+                if self.job is not job and self.job is not None:   # a queued click started
+                    job = self.job
+                    continue
                 break
             if time.monotonic() > deadline:
                 job.cancel()
@@ -278,6 +316,16 @@ class RadSAMLogic:
     def can_redo(self) -> bool:
         s = self.session_for(self.target) if self.target else None
         return bool(s and s.can_redo)
+
+    def forget_volume(self, volume_id: str) -> None:
+        """Release the encoded slices and sessions of a volume (e.g. removed from the
+        scene): they hold the volume's copy and its embeddings, the memory that matters."""
+        if self.busy and self._job_target is not None and self._job_target.volume_node.GetID() == volume_id:
+            self.cancel()
+        self._engines = {k: v for k, v in self._engines.items() if k[0] != volume_id}
+        self._sessions = {k: v for k, v in self._sessions.items() if k[0] != volume_id}
+        if self.target is not None and self.target.volume_node.GetID() == volume_id:
+            self.target = None
 
     def clear_cache(self) -> None:
         """Forget sessions, encoded slices and the model (e.g. when the scene closes)."""
