@@ -7,6 +7,7 @@ into logic calls and shows progress and messages. torch and RadSAMLib are not im
 here: the first action asks to install what is missing.
 """
 import logging
+import os
 
 import qt
 import slicer
@@ -16,7 +17,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic is the module's logic)
-from RadSAMSlicerLib import dependencies, geometry
+from RadSAMSlicerLib import dependencies, editor, geometry, segmentio
 from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
 # (label, RadSAMLib model name, needs a checkpoint file)
@@ -65,6 +66,15 @@ class RadSAM(ScriptedLoadableModule):
             "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step.")
         self.parent.acknowledgementText = (
             "Uses LiteMedSAM (MedSAM, Ma et al., Nature Communications 2024) and Segment Anything (Meta AI).")
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self):
+        """The RadSAM effect in the Segment Editor (Slicer's scripted-effect template)."""
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+        instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+        path = os.path.join(os.path.dirname(__file__), "SegmentEditorRadSAMLib", "SegmentEditorEffect.py")
+        instance.setPythonSource(path.replace("\\", "/"))
+        instance.self().register()
 
 
 class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -76,6 +86,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None      # made on first use, after the dependencies are there
         self.job = None
         self._shortcuts = []
+        self.editorEffect = None     # the Segment Editor effect RadSAM writes through, if any
+        self.editorStatusLabel = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -155,8 +167,37 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- helpers -----------------------------------------------------------------------------
     def showMessage(self, text, error=False):
-        self.ui.statusLabel.text = text
-        self.ui.statusLabel.setStyleSheet("color: #c0392b" if error else "")
+        for label in (self.ui.statusLabel, self.editorStatusLabel):
+            if label is not None:
+                label.text = text
+                label.setStyleSheet("color: #c0392b" if error else "")
+
+    def useSegmentEditor(self, effect, segmentation=None, segmentId=None, volume=None, statusLabel=None):
+        """Work on the Segment Editor's volume and segment, writing through ``effect`` (its
+        masking applies; each step is an editor undo state). ``None``: write in place again."""
+        self.editorEffect, self.editorStatusLabel = effect, statusLabel
+        if effect is not None:
+            if volume is not None:
+                self.ui.volumeSelector.setCurrentNode(volume)
+            if segmentation is not None:
+                self.ui.segmentSelector.setCurrentNode(segmentation)
+                if segmentId:
+                    self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+        self.configureWriter()
+        self.updateGUI()
+
+    def configureWriter(self):
+        if self.logic is None:
+            return
+        effect = self.editorEffect
+        if effect is None:
+            self.logic.writer, self.logic.on_step = segmentio.write_slices, None
+            return
+        modes = {editor.ADD: slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
+                 editor.REMOVE: slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove}
+        self.logic.writer = editor.EditorWriter(
+            lambda labelmap, mode: effect.modifySelectedSegmentByLabelmap(labelmap, modes[mode]))
+        self.logic.on_step = lambda name: effect.saveStateForUndo()
 
     def showError(self, exc):
         """User errors go to the status line; a GPU out-of-memory offers the CPU."""
@@ -205,6 +246,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage("RadSAM needs its Python packages: press Segment again to install them.", error=True)
             return False
         self.logic = RadSAMLogic(slicer.mrmlScene)
+        self.configureWriter()
         return True
 
     def modelSpec(self):
@@ -421,8 +463,10 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         _, _, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
         self.ui.checkpointPathLineEdit.enabled = needsFile
         self.ui.segmentButton.enabled = self.ui.volumeSelector.currentNode() is not None and not busy
-        self.ui.undoButton.enabled = self.logic is not None and not busy and self.logic.can_undo()
-        self.ui.redoButton.enabled = self.logic is not None and not busy and self.logic.can_redo()
+        # With the Segment Editor effect, the editor's Undo/Redo are RadSAM's.
+        own = self.logic is not None and not busy and self.editorEffect is None
+        self.ui.undoButton.enabled = own and self.logic.can_undo()
+        self.ui.redoButton.enabled = own and self.logic.can_redo()
         self.ui.inputsCollapsibleButton.enabled = not busy
 
 

@@ -76,6 +76,11 @@ class RadSAMLogic:
         self._job_written: set = set()
         self._queued: list = []          # correction clicks made while a job ran, in order
         self.ticker = Ticker()
+        # How finished slices reach the segment: in place (the module), or through the
+        # Segment Editor (the effect sets an editor.EditorWriter and ``on_step``, which
+        # saves an editor undo state before each interaction).
+        self.writer = segmentio.write_slices
+        self.on_step = None
 
     # -- nodes -----------------------------------------------------------------------------
     def create_segmentation(self, volume_node, name: str | None = None):
@@ -146,6 +151,8 @@ class RadSAMLogic:
             job.on_cancel(session.cancel)
             return interact(session)
 
+        if self.on_step is not None:
+            self.on_step(name)
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
         self.target = target
@@ -235,8 +242,8 @@ class RadSAMLogic:
             for idx in job.result.slices:     # the final state of every changed slice
                 masks[idx] = session.slice_mask(idx)
         try:
-            written = segmentio.write_slices(target.segmentation_node, target.segment_id,
-                                             target.volume_node, masks, target.axis)
+            written = self.writer(target.segmentation_node, target.segment_id,
+                                  target.volume_node, masks, target.axis)
         except Exception:
             # The segment cannot take results (e.g. it was deleted): stop the run and stop
             # writing; the next interaction starts again from the segment's content.
@@ -293,8 +300,8 @@ class RadSAMLogic:
             return None
         session = self.session_for(t)
         change = getattr(session, which)()
-        segmentio.write_slices(t.segmentation_node, t.segment_id, t.volume_node,
-                               {i: session.slice_mask(i) for i in change.slices}, t.axis)
+        self.writer(t.segmentation_node, t.segment_id, t.volume_node,
+                    {i: session.slice_mask(i) for i in change.slices}, t.axis)
         return change
 
     def undo(self):
