@@ -29,6 +29,14 @@ MODELS = (
     ("SAM ViT-H (checkpoint file)", "sam_vit_h", True),
 )
 DEVICES = ("auto", "cpu", "cuda")
+# (label, RadSAMLogic.window value; "view": the volume's display window/level)
+WINDOWS = (
+    ("Soft tissue (W 400, L 40)", "soft-tissue"),
+    ("Lung (W 1400, L -500)", "lung"),
+    ("Bone (W 1000, L 400)", "bone"),
+    ("From the prompt region", "auto"),
+    ("The volume's current window/level", "view"),
+)
 
 # Keyboard shortcuts, active while the module is shown: widget name -> key. Plain letters
 # are avoided: slice views use some (b/f move between slices), and `[`/`]` switch the
@@ -100,6 +108,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem(label)
         for device in DEVICES:
             self.ui.deviceComboBox.addItem(device)
+        for label, _ in WINDOWS:
+            self.ui.windowComboBox.addItem(label)
         self.ui.modelComboBox.currentIndexChanged.connect(self.updateGUI)
         self.ui.volumeSelector.currentNodeChanged.connect(self.onVolumeChanged)
         self.ui.segmentSelector.currentNodeChanged.connect(self.updateGUI)
@@ -254,6 +264,17 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         checkpoint = self.ui.checkpointPathLineEdit.currentPath if needsFile else None
         return ModelSpec(name=name, checkpoint=checkpoint or None, device=self.ui.deviceComboBox.currentText)
 
+    def windowChoice(self, volume):
+        """RadSAMLogic.window for the Window box (the view's: the volume's display window/level)."""
+        choice = WINDOWS[self.ui.windowComboBox.currentIndex][1]
+        if choice != "view":
+            return choice
+        from RadSAMLib.preprocess import Window
+        display = volume.GetDisplayNode() if volume is not None else None
+        if display is None:
+            return "soft-tissue"
+        return Window.from_level(display.GetWindow(), display.GetLevel())
+
     def redSliceNode(self):
         return slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
 
@@ -357,6 +378,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.logic.set_model(self.modelSpec())
             target = self.target()
+            self.logic.window = self.windowChoice(target.volume_node)
             maskSlice = self.currentSliceIndex(target.volume_node, target.axis) if self.ui.maskButton.checked else None
             job = self.logic.start_segment_from_markups(
                 target, self.bounds(), box_node=self.markupsNode(BOX_NAME, create=False),
@@ -382,7 +404,9 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         positive = node.GetName() in (POSITIVE_NAME, FIX_POSITIVE_NAME)
         try:
             self.logic.set_model(self.modelSpec())
-            job = self.logic.start_edit_at(self.target(), ras, positive=positive)
+            target = self.target()
+            self.logic.window = self.windowChoice(target.volume_node)   # if the segment has none yet
+            job = self.logic.start_edit_at(target, ras, positive=positive)
         except Exception as e:
             self.showError(e)
             return

@@ -72,6 +72,19 @@ def _slice_prompt(d: dict, mask=None) -> SlicePrompt:
 
 
 # -- commands ----------------------------------------------------------------------------
+def _window(text, volume, axis, prompts):
+    """The intensity window ``--window`` names; ``auto``: spanning the prompt regions."""
+    from .engine import slice_index
+    from .preprocess import Window, prompt_region
+    if text != "auto":
+        try:
+            return Window.parse(text)
+        except ValueError as e:
+            raise RadSAMError(str(e)) from None
+    regions = [prompt_region(volume[slice_index(axis, k)], p.box, p.points, p.mask).ravel() for k, p in prompts.items()]
+    return Window.from_region(np.concatenate(regions))
+
+
 def cmd_segment(args) -> int:
     from .engine import check_slice_index, slice_index
     from .imageio import image_to_array, read_image, read_label, write_mask
@@ -126,12 +139,14 @@ def cmd_segment(args) -> int:
             raise PromptError(f"edit slice {ek} is outside {'the bounds' if bounds else 'the volume'} ({lo}..{hi})")
         SlicePrompt(points=[tuple(e["point"])], labels=[1]).validate(shape, f"edit slice {ek}")
 
+    window = _window(args.window, volume, axis, prompts if slices is not None else {k: prompt})
+
     t0 = time.perf_counter()
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     t_load = time.perf_counter() - t0
 
     bar = _ProgressBar(enabled=not args.quiet)
-    session = Session(model, volume, axis=axis, strategy=args.strategy, progress=bar.update,
+    session = Session(model, volume, axis=axis, strategy=args.strategy, progress=bar.update, window=window,
                       encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
     t1 = time.perf_counter()
     try:
@@ -229,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="correction point on slice K, SIGN + or - (repeatable, applied in order)")
     s.add_argument("--prompts", help="JSON file with slice/box/points/labels/bounds/edits, or slices: {k: prompt} for slice-level")
     s.add_argument("--strategy", default=None, help="propagation: mask, box[:margin], mask+box[:margin[:grow]] (model-frame px; default: the model's)")
+    s.add_argument("--window", default="soft-tissue",
+                   help="intensity window the model sees: soft-tissue (default), lung, bone, LO:HI in HU, "
+                        "or auto (spanning the prompt's region)")
     s.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="propagation axis of the (k, j, i) array (default 0 = k)")
     s.add_argument("--reference", help="reference label volume: prints the 3D Dice")
     s.add_argument("--label", type=int, help="label value of the object in --reference")

@@ -38,9 +38,10 @@ def default_model_loader(spec: ModelSpec):
     return load_model(spec.name, checkpoint=spec.checkpoint, device=spec.device)
 
 
-def default_engine_factory(model, volume_kji: np.ndarray, axis: int):
+def default_engine_factory(model, volume_kji: np.ndarray, axis: int, window=None):
     from RadSAMLib.engine import SliceEngine
-    return SliceEngine(model, volume_kji, axis=axis)
+    from RadSAMLib.preprocess import Window
+    return SliceEngine(model, volume_kji, axis=axis, window=window or Window())
 
 
 @dataclass
@@ -54,7 +55,7 @@ class _Target:
 class RadSAMLogic:
     """Segment with RadSAM in a MRML scene.
 
-    ``model_loader(ModelSpec) -> model`` and ``engine_factory(model, volume, axis) ->
+    ``model_loader(ModelSpec) -> model`` and ``engine_factory(model, volume, axis, window) ->
     SliceEngine`` can be replaced (tests pass an engine whose slices are already encoded).
     """
 
@@ -81,6 +82,12 @@ class RadSAMLogic:
         # saves an editor undo state before each interaction).
         self.writer = segmentio.write_slices
         self.on_step = None
+        # The intensity window the model sees: a RadSAMLib preset name ("soft-tissue",
+        # "lung", "bone"), a RadSAMLib Window (e.g. the view's window/level), or "auto"
+        # (spanning the prompt's region). A segment keeps the window it was segmented
+        # with for its corrections.
+        self.window = "soft-tissue"
+        self._windows: dict = {}       # (volume id, axis, segmentation id, segment id) -> Window
 
     # -- nodes -----------------------------------------------------------------------------
     def create_segmentation(self, volume_node, name: str | None = None):
@@ -102,8 +109,25 @@ class RadSAMLogic:
     def set_model(self, spec: ModelSpec) -> None:
         self.model_spec = spec
 
-    def _engine_key(self, volume_node, axis):
-        return (volume_node.GetID(), volume_node.GetImageData().GetMTime(), axis, self.model_spec)
+    def _engine_key(self, volume_node, axis, window):
+        return (volume_node.GetID(), volume_node.GetImageData().GetMTime(), axis, self.model_spec, window)
+
+    @staticmethod
+    def _target_key(target: _Target) -> tuple:
+        return (target.volume_node.GetID(), target.axis, target.segmentation_node.GetID(), target.segment_id)
+
+    def window_for(self, target: _Target, slice_idx: int, box=None, points=(), mask=None):
+        """The ``Window`` :attr:`window` means for a prompt on ``slice_idx``."""
+        from RadSAMLib.preprocess import Window, prompt_region
+        if isinstance(self.window, Window):
+            return self.window
+        if self.window != "auto":
+            try:
+                return Window.preset(self.window)
+            except ValueError as e:
+                raise user_error(str(e)) from None
+        hu = geometry.volume_slice(target.volume_node, target.axis, slice_idx)
+        return Window.from_region(prompt_region(hu, box, points, mask))
 
     def target_for(self, volume_node, segmentation_node, segment_id, axis: int = 0) -> _Target:
         geometry.check_volume(volume_node)
@@ -113,12 +137,13 @@ class RadSAMLogic:
             raise user_error(f"propagation axis must be 0, 1 or 2, got {axis}")
         return _Target(volume_node, segmentation_node, segment_id, axis)
 
-    def _session_job(self, target: _Target, interact, name: str) -> Job:
-        """Submit ``interact(session) -> Change`` for ``target`` to the worker. Voxels are
-        read here, on the main thread; the model, engine and session are made on the worker."""
+    def _session_job(self, target: _Target, interact, name: str, window) -> Job:
+        """Submit ``interact(session) -> Change`` for ``target`` to the worker, slices
+        encoded under ``window``. Voxels are read here, on the main thread; the model,
+        engine and session are made on the worker."""
         if self.busy:
             raise user_error("RadSAM is still working: wait for it or press Cancel")
-        ekey = self._engine_key(target.volume_node, target.axis)
+        ekey = self._engine_key(target.volume_node, target.axis, window)
         skey = ekey + (target.segmentation_node.GetID(), target.segment_id)
         volume = None if ekey in self._engines else geometry.volume_array(target.volume_node)
         current = segmentio.read_segment(target.segmentation_node, target.segment_id, target.volume_node)
@@ -132,13 +157,13 @@ class RadSAMLogic:
                 if engine is None:
                     model = self._models.get(spec) or self.model_loader(spec)
                     self._models = {spec: model}  # keep one model in memory
-                    engine = self.engine_factory(model, volume, target.axis)
+                    engine = self.engine_factory(model, volume, target.axis, window)
                     # One engine per volume (its embeddings are the memory that matters);
                     # sessions on a dropped engine go with it.
                     engines = {k: v for k, v in self._engines.items() if k[0] != ekey[0]}
                     engines[ekey] = engine
                     self._engines = engines
-                    self._sessions = {k: v for k, v in self._sessions.items() if k[:4] in engines}
+                    self._sessions = {k: v for k, v in self._sessions.items() if k[:len(ekey)] in engines}
                 session = Session(engine.model, engine.volume, axis=target.axis, strategy=strategy, engine=engine)
                 self._sessions[skey] = session
             if session.mask.shape != current.shape:
@@ -153,6 +178,7 @@ class RadSAMLogic:
 
         if self.on_step is not None:
             self.on_step(name)
+        self._windows[self._target_key(target)] = window
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
         self.target = target
@@ -168,7 +194,8 @@ class RadSAMLogic:
             # Bottom and Top are the organ's ends in patient terms: which index is lower
             # depends on which way the volume's slice axis runs.
             bounds = (min(bounds), max(bounds))
-        return self._session_job(target, lambda s: s.segment(slice_idx, prompt, bounds=bounds), "segment")
+        window = self.window_for(target, slice_idx, prompt.box, prompt.points, prompt.mask)
+        return self._session_job(target, lambda s: s.segment(slice_idx, prompt, bounds=bounds), "segment", window)
 
     def start_segment_from_markups(self, target: _Target, bounds=None, box_node=None, positive=None,
                                    negative=None, mask_slice: int | None = None) -> Job:
@@ -194,7 +221,8 @@ class RadSAMLogic:
         if self.busy:
             self._queued.append((target, slice_idx, point_xy, positive))
             return None
-        return self._session_job(target, lambda s: s.edit(slice_idx, point_xy, positive), "edit")
+        window = self._windows.get(self._target_key(target)) or self.window_for(target, slice_idx, points=[point_xy])
+        return self._session_job(target, lambda s: s.edit(slice_idx, point_xy, positive), "edit", window)
 
     @property
     def queued(self) -> int:
@@ -313,7 +341,10 @@ class RadSAMLogic:
         return self._history("redo")
 
     def session_for(self, target: _Target):
-        ekey = self._engine_key(target.volume_node, target.axis)
+        window = self._windows.get(self._target_key(target))
+        if window is None:
+            return None
+        ekey = self._engine_key(target.volume_node, target.axis, window)
         return self._sessions.get(ekey + (target.segmentation_node.GetID(), target.segment_id))
 
     def can_undo(self) -> bool:

@@ -153,9 +153,10 @@ def spleen_reference(model, abdomen, abdomen_engine):
 
 
 def make_logic(mrml, model, abdomen, engine, **kw):
-    def engine_factory(m, volume, axis):
+    def engine_factory(m, volume, axis, window):
         # The logic must have read exactly the CT's voxels, in (k, j, i) order.
         assert axis == 0 and volume.dtype == np.int16 and np.array_equal(volume, abdomen[1])  # a copy, int16 kept
+        assert window == engine.window        # the shared engine's slices are encoded under the default
         return engine
     return RadSAMLogic(mrml.scene, model_loader=lambda spec: model, engine_factory=engine_factory, **kw)
 
