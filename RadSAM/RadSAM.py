@@ -71,7 +71,8 @@ class RadSAM(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segment a whole 3D organ in a CT from one prompt (a box or points on one slice) and the "
             "organ's bottom and top slices, with a 2D promptable model (LiteMedSAM fine-tuned for mask prompts, by default) "
-            "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step.")
+            "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step. "
+            "Also a Segment Editor effect (masking and undo are the editor's). Slicer 5.6 or later.")
         self.parent.acknowledgementText = (
             "Uses LiteMedSAM (MedSAM, Ma et al., Nature Communications 2024) and Segment Anything (Meta AI).")
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
