@@ -513,6 +513,10 @@ class RadSAMTest(ScriptedLoadableModuleTest):
         widget = slicer.util.getModuleWidget("RadSAM")
         for name in SHORTCUTS:
             self.assertTrue(hasattr(widget.ui, name), name)
+        # The Segment Editor effect is registered (at startup, by the module).
+        editorWidget = slicer.qMRMLSegmentEditorWidget()
+        editorWidget.setMRMLScene(slicer.mrmlScene)
+        self.assertIn("RadSAM", editorWidget.availableEffectNames())
 
     def test_segment_and_undo(self):
         import numpy as np
