@@ -7,15 +7,17 @@ into logic calls and shows progress and messages. torch and RadSAMLib are not im
 here: the first action asks to install what is missing.
 """
 import logging
+import os
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic is the module's logic)
-from RadSAMSlicerLib import dependencies, geometry
+from RadSAMSlicerLib import dependencies, editor, geometry, segmentio
 from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
 from RadSAMLib import catalog
@@ -24,22 +26,36 @@ from RadSAMLib import catalog
 # catalogue (RadSAMLib ships inside the extension; torch may not be installed yet).
 MODELS = tuple((m.label, m.name, m.needs_checkpoint) for m in catalog.MODELS)
 DEVICES = ("auto", "cpu", "cuda")
+# (label, RadSAMLogic.window value; "view": the volume's display window/level)
+WINDOWS = (
+    ("Soft tissue (W 400, L 40)", "soft-tissue"),
+    ("Lung (W 1400, L -500)", "lung"),
+    ("Bone (W 1000, L 400)", "bone"),
+    ("From the prompt region", "auto"),
+    ("The volume's current window/level", "view"),
+)
 
 # Keyboard shortcuts, active while the module is shown: widget name -> key. Plain letters
-# are avoided: slice views use some (b/f move between slices).
+# are avoided: slice views use some (b/f move between slices), and `[`/`]` switch the
+# background volume there.
 SHORTCUTS = {
     "boxButton": "Shift+B",
     "pointPositiveButton": "Shift+A",
     "pointNegativeButton": "Shift+D",
     "maskButton": "Shift+M",
-    "bottomButton": "[",
-    "topButton": "]",
+    "bottomButton": "Shift+End",
+    "topButton": "Shift+Home",
     "segmentButton": "Shift+S",
     "undoButton": "Ctrl+Z",
     "redoButton": "Ctrl+Y",
 }
 
 BOX_NAME, POSITIVE_NAME, NEGATIVE_NAME = "RadSAM box", "RadSAM +", "RadSAM -"
+# Correction clicks (edit mode) go to lists of their own: they stay visible until cleared
+# and are never read as the next segmentation's prompt.
+FIX_POSITIVE_NAME, FIX_NEGATIVE_NAME = "RadSAM correction +", "RadSAM correction -"
+COLORS = {BOX_NAME: (1.0, 0.8, 0.1), POSITIVE_NAME: (0.1, 0.9, 0.2), NEGATIVE_NAME: (0.9, 0.1, 0.1),
+          FIX_POSITIVE_NAME: (0.3, 1.0, 0.6), FIX_NEGATIVE_NAME: (1.0, 0.4, 0.6)}
 
 
 class RadSAM(ScriptedLoadableModule):
@@ -52,9 +68,19 @@ class RadSAM(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segment a whole 3D organ in a CT from one prompt (a box or points on one slice) and the "
             "organ's bottom and top slices, with a 2D promptable model (LiteMedSAM fine-tuned for mask prompts, by default) "
-            "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step.")
+            "propagated slice by slice. Correct with single clicks in edit mode; undo/redo any step. "
+            "Also a Segment Editor effect (masking and undo are the editor's). Slicer 5.6 or later.")
         self.parent.acknowledgementText = (
             "Uses LiteMedSAM (MedSAM, Ma et al., Nature Communications 2024) and Segment Anything (Meta AI).")
+        slicer.app.connect("startupCompleted()", self.registerEditorEffect)
+
+    def registerEditorEffect(self):
+        """The RadSAM effect in the Segment Editor (Slicer's scripted-effect template)."""
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+        instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+        path = os.path.join(os.path.dirname(__file__), "SegmentEditorRadSAMLib", "SegmentEditorEffect.py")
+        instance.setPythonSource(path.replace("\\", "/"))
+        instance.self().register()
 
 
 class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -66,6 +92,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None      # made on first use, after the dependencies are there
         self.job = None
         self._shortcuts = []
+        self.editorEffect = None     # the Segment Editor effect RadSAM writes through, if any
+        self.editorStatusLabel = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -78,14 +106,18 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem(label)
         for device in DEVICES:
             self.ui.deviceComboBox.addItem(device)
+        for label, _ in WINDOWS:
+            self.ui.windowComboBox.addItem(label)
         self.ui.modelComboBox.currentIndexChanged.connect(self.updateGUI)
         self.ui.volumeSelector.currentNodeChanged.connect(self.onVolumeChanged)
         self.ui.segmentSelector.currentNodeChanged.connect(self.updateGUI)
         self.ui.segmentSelector.currentSegmentChanged.connect(self.updateGUI)
 
         self.ui.boxButton.clicked.connect(lambda: self.onPlace(self.ui.boxButton, BOX_NAME))
-        self.ui.pointPositiveButton.clicked.connect(lambda: self.onPlace(self.ui.pointPositiveButton, POSITIVE_NAME))
-        self.ui.pointNegativeButton.clicked.connect(lambda: self.onPlace(self.ui.pointNegativeButton, NEGATIVE_NAME))
+        self.ui.pointPositiveButton.clicked.connect(lambda: self.onPlace(
+            self.ui.pointPositiveButton, FIX_POSITIVE_NAME if self.ui.editModeCheckBox.checked else POSITIVE_NAME))
+        self.ui.pointNegativeButton.clicked.connect(lambda: self.onPlace(
+            self.ui.pointNegativeButton, FIX_NEGATIVE_NAME if self.ui.editModeCheckBox.checked else NEGATIVE_NAME))
         self.ui.bottomButton.clicked.connect(lambda: self.onSetBound(self.ui.bottomSpinBox))
         self.ui.topButton.clicked.connect(lambda: self.onSetBound(self.ui.topSpinBox))
         self.ui.segmentButton.clicked.connect(self.onSegment)
@@ -94,12 +126,17 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoButton.clicked.connect(lambda: self.onHistory("redo"))
         self.ui.cancelButton.clicked.connect(self.onCancel)
 
+        # Back-to-back ticks: each one waits on the job with the GIL released (the worker
+        # runs), so the interval only has to let Qt process events in between.
         self.timer = qt.QTimer()
-        self.timer.setInterval(100)
+        self.timer.setInterval(10)
         self.timer.timeout.connect(self.onTimer)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
         self.updateGUI()
 
     # -- module lifecycle --------------------------------------------------------------------
@@ -131,10 +168,44 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic is not None:
             self.logic.clear_cache()
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeRemoved(self, caller, event, node):
+        if self.logic is not None and node is not None and node.IsA("vtkMRMLVolumeNode"):
+            self.logic.forget_volume(node.GetID())
+
     # -- helpers -----------------------------------------------------------------------------
     def showMessage(self, text, error=False):
-        self.ui.statusLabel.text = text
-        self.ui.statusLabel.setStyleSheet("color: #c0392b" if error else "")
+        for label in (self.ui.statusLabel, self.editorStatusLabel):
+            if label is not None:
+                label.text = text
+                label.setStyleSheet("color: #c0392b" if error else "")
+
+    def useSegmentEditor(self, effect, segmentation=None, segmentId=None, volume=None, statusLabel=None):
+        """Work on the Segment Editor's volume and segment, writing through ``effect`` (its
+        masking applies; each step is an editor undo state). ``None``: write in place again."""
+        self.editorEffect, self.editorStatusLabel = effect, statusLabel
+        if effect is not None:
+            if volume is not None:
+                self.ui.volumeSelector.setCurrentNode(volume)
+            if segmentation is not None:
+                self.ui.segmentSelector.setCurrentNode(segmentation)
+                if segmentId:
+                    self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+        self.configureWriter()
+        self.updateGUI()
+
+    def configureWriter(self):
+        if self.logic is None:
+            return
+        effect = self.editorEffect
+        if effect is None:
+            self.logic.writer, self.logic.on_step = segmentio.write_slices, None
+            return
+        modes = {editor.ADD: slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
+                 editor.REMOVE: slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove}
+        self.logic.writer = editor.EditorWriter(
+            lambda labelmap, mode: effect.modifySelectedSegmentByLabelmap(labelmap, modes[mode]))
+        self.logic.on_step = lambda name: effect.saveStateForUndo()
 
     def showError(self, exc):
         """User errors go to the status line; a GPU out-of-memory offers the CPU."""
@@ -149,29 +220,58 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(text)
 
     def ensureLogic(self):
-        """Install missing packages after asking (first use); then create the logic."""
+        """Install missing packages after asking (first use); then create the logic. The
+        question comes without a wait cursor; the installs show which package is being
+        installed (pip's own output goes to the Python console)."""
         if self.logic is not None:
             return True
+        dialog = None
+
+        def progress(done, total, requirement):
+            nonlocal dialog
+            if dialog is None:
+                dialog = slicer.util.createProgressDialog(
+                    parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
+                    maximum=total)
+            dialog.labelText = f"Installing {requirement} ({done + 1} of {total}); this can take minutes..." \
+                if requirement else "Installed."
+            dialog.value = done
+            slicer.app.processEvents()
+
         try:
-            with slicer.util.WaitCursor():
-                ready = dependencies.ensure(
-                    confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
-                    install_torch=dependencies.install_torch_with_pytorch_utils,
-                    pip_install=slicer.util.pip_install)
+            ready = dependencies.ensure(
+                confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
+                install_torch=dependencies.install_torch_with_pytorch_utils,
+                pip_install=slicer.util.pip_install, progress=progress)
         except dependencies.DependencyError as e:
             self.showMessage(str(e), error=True)
             slicer.util.errorDisplay(str(e))
             return False
+        finally:
+            if dialog is not None:
+                dialog.close()
         if not ready:
             self.showMessage("RadSAM needs its Python packages: press Segment again to install them.", error=True)
             return False
         self.logic = RadSAMLogic(slicer.mrmlScene)
+        self.configureWriter()
         return True
 
     def modelSpec(self):
         _, name, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
         checkpoint = self.ui.checkpointPathLineEdit.currentPath if needsFile else None
         return ModelSpec(name=name, checkpoint=checkpoint or None, device=self.ui.deviceComboBox.currentText)
+
+    def windowChoice(self, volume):
+        """RadSAMLogic.window for the Window box (the view's: the volume's display window/level)."""
+        choice = WINDOWS[self.ui.windowComboBox.currentIndex][1]
+        if choice != "view":
+            return choice
+        from RadSAMLib.preprocess import Window
+        display = volume.GetDisplayNode() if volume is not None else None
+        if display is None:
+            return "soft-tissue"
+        return Window.from_level(display.GetWindow(), display.GetLevel())
 
     def redSliceNode(self):
         return slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
@@ -191,8 +291,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None and create:
             node = slicer.mrmlScene.AddNewNodeByClass(cls, name)
             node.CreateDefaultDisplayNodes()
-            color = {BOX_NAME: (1.0, 0.8, 0.1), POSITIVE_NAME: (0.1, 0.9, 0.2), NEGATIVE_NAME: (0.9, 0.1, 0.1)}[name]
-            node.GetDisplayNode().SetSelectedColor(*color)
+            node.GetDisplayNode().SetSelectedColor(*COLORS[name])
         if node is not None and name != BOX_NAME and \
                 not self.hasObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced):
             self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
@@ -235,6 +334,13 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interaction.SetPlaceModePersistence(0 if name == BOX_NAME else 1)
         interaction.SetCurrentInteractionMode(interaction.Place)
 
+    def onInteractionModeChanged(self, caller, event=None):
+        """The placing buttons show the interaction mode: a placed box, Esc or a right
+        click ends placing, and the button is released."""
+        if caller.GetCurrentInteractionMode() != caller.Place:
+            for button in (self.ui.boxButton, self.ui.pointPositiveButton, self.ui.pointNegativeButton):
+                button.checked = False
+
     def stopPlacing(self):
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         interaction.SetCurrentInteractionMode(interaction.ViewTransform)
@@ -248,6 +354,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             axis = self.viewAxis(volume)
             idx = self.currentSliceIndex(volume, axis)
             n = geometry.volume_shape(volume)[axis]
+            self.updateBoundsRange()
             if not 0 <= idx < n:
                 raise ValueError(f"the current slice ({idx}) is outside the volume (0..{n - 1})")
             spinBox.value = idx
@@ -255,7 +362,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.showMessage(str(e), error=True)
 
     def onClearPrompts(self):
-        for name in (BOX_NAME, POSITIVE_NAME, NEGATIVE_NAME):
+        for name in COLORS:
             node = self.markupsNode(name, create=False)
             if node is not None:
                 node.RemoveAllControlPoints()
@@ -269,6 +376,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.logic.set_model(self.modelSpec())
             target = self.target()
+            self.logic.window = self.windowChoice(target.volume_node)
             maskSlice = self.currentSliceIndex(target.volume_node, target.axis) if self.ui.maskButton.checked else None
             job = self.logic.start_segment_from_markups(
                 target, self.bounds(), box_node=self.markupsNode(BOX_NAME, create=False),
@@ -281,7 +389,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPointPlaced(self, caller, event=None):
         """Edit mode: each new point is a correction on its slice, re-propagated at once."""
-        if self.ui.editModeCheckBox.checked and caller.GetNumberOfControlPoints() > 0:
+        if caller.GetName() in (FIX_POSITIVE_NAME, FIX_NEGATIVE_NAME) and caller.GetNumberOfControlPoints() > 0:
             # Not inside the markups node's own event: act once it has returned.
             qt.QTimer.singleShot(0, lambda: self.correctWithLastPoint(caller))
 
@@ -291,13 +399,17 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         n = node.GetNumberOfControlPoints() - 1
         ras = [0.0, 0.0, 0.0]
         node.GetNthControlPointPositionWorld(n, ras)
-        positive = node.GetName() == POSITIVE_NAME
-        node.RemoveNthControlPoint(n)   # the session keeps the point; the list stays a prompt list
+        positive = node.GetName() in (POSITIVE_NAME, FIX_POSITIVE_NAME)
         try:
             self.logic.set_model(self.modelSpec())
-            job = self.logic.start_edit_at(self.target(), ras, positive=positive)
+            target = self.target()
+            self.logic.window = self.windowChoice(target.volume_node)   # if the segment has none yet
+            job = self.logic.start_edit_at(target, ras, positive=positive)
         except Exception as e:
             self.showError(e)
+            return
+        if job is None:   # a job is running: the click waits for it (the point stays shown)
+            self.showMessage(f"Correction queued ({self.logic.queued} waiting); it runs when the current step ends.")
             return
         self.startProgress(job, "Correcting")
 
@@ -328,10 +440,13 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTimer(self):
         try:
-            self.logic.pump()
+            self.logic.tick()
         except Exception as e:
             self.logic.cancel()
             self.showError(e)
+        if self.logic.job is not None and self.logic.job is not self.job:
+            self.job = self.logic.job     # a queued correction started
+            self.showMessage("Correcting (queued click)...")
         done, total = self.job.progress
         self.ui.progressBar.setMaximum(max(total, 1))
         self.ui.progressBar.setValue(done)
@@ -350,20 +465,30 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onVolumeChanged(self, node=None):
+        self.updateBoundsRange()
+        self.updateGUI()
+
+    def updateBoundsRange(self):
+        """The bound spin boxes count slices along the axis RadSAM propagates across."""
+        volume = self.ui.volumeSelector.currentNode()
         n = 0
-        if node is not None and node.GetImageData() is not None:
-            n = max(geometry.volume_shape(node))
+        if volume is not None and volume.GetImageData() is not None:
+            try:
+                n = geometry.volume_shape(volume)[self.viewAxis(volume)]
+            except Exception:
+                n = 0
         for spinBox in (self.ui.bottomSpinBox, self.ui.topSpinBox):
             spinBox.maximum = max(n - 1, 0)
-        self.updateGUI()
 
     def updateGUI(self, *args):
         busy = self.logic is not None and self.logic.busy
         _, _, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
         self.ui.checkpointPathLineEdit.enabled = needsFile
         self.ui.segmentButton.enabled = self.ui.volumeSelector.currentNode() is not None and not busy
-        self.ui.undoButton.enabled = self.logic is not None and not busy and self.logic.can_undo()
-        self.ui.redoButton.enabled = self.logic is not None and not busy and self.logic.can_redo()
+        # With the Segment Editor effect, the editor's Undo/Redo are RadSAM's.
+        own = self.logic is not None and not busy and self.editorEffect is None
+        self.ui.undoButton.enabled = own and self.logic.can_undo()
+        self.ui.redoButton.enabled = own and self.logic.can_redo()
         self.ui.inputsCollapsibleButton.enabled = not busy
 
 
@@ -385,6 +510,10 @@ class RadSAMTest(ScriptedLoadableModuleTest):
         widget = slicer.util.getModuleWidget("RadSAM")
         for name in SHORTCUTS:
             self.assertTrue(hasattr(widget.ui, name), name)
+        # The Segment Editor effect is registered (at startup, by the module).
+        editorWidget = slicer.qMRMLSegmentEditorWidget()
+        editorWidget.setMRMLScene(slicer.mrmlScene)
+        self.assertIn("RadSAM", editorWidget.availableEffectNames())
 
     def test_segment_and_undo(self):
         import numpy as np

@@ -71,6 +71,8 @@ def _check_options(args):
         raise RadSAMError("--reference needs --label N (the label value of the object)")
     if args.label is not None and args.label <= 0:
         raise RadSAMError(f"--label {args.label}: give the object's label value (0 is the background)")
+    if args.window != "auto":
+        _window(args.window, None, args.axis, {})      # a bad --window is named before any work
     return Strategy.parse(args.strategy) if args.strategy not in (None, "", "auto") else None
 
 
@@ -184,6 +186,19 @@ class _Signals:
 
 
 # -- commands ----------------------------------------------------------------------------
+def _window(text, volume, axis, prompts):
+    """The intensity window ``--window`` names; ``auto``: spanning the prompt regions."""
+    from .preprocess import Window, prompt_region
+    from .slices import slice_index
+    if text != "auto":
+        try:
+            return Window.parse(text)
+        except ValueError as e:
+            raise RadSAMError(str(e)) from None
+    regions = [prompt_region(volume[slice_index(axis, k)], p.box, p.points, p.mask).ravel() for k, p in prompts.items()]
+    return Window.from_region(np.concatenate(regions))
+
+
 def cmd_segment(args) -> int:
     signals = _Signals()
     written = None
@@ -214,11 +229,13 @@ def _segment(args, volume, request, strategy):
     from .session import Session
 
     config = RadSAMConfig(strategy=strategy)
+    prompts = request.slices if request.slices is not None else {request.slice: request.prompt}
+    window = _window(args.window, volume, args.axis, prompts)
     t0 = time.perf_counter()
     model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
     t_load = time.perf_counter() - t0
     bar = _ProgressBar(enabled=not args.quiet)
-    session = Session.from_volume(model, volume, axis=args.axis, config=config,
+    session = Session.from_volume(model, volume, axis=args.axis, window=window, config=config,
                                   encoder_backend=args.encoder_backend, decoder_backend=args.decoder_backend)
     t1 = time.perf_counter()
     try:
@@ -345,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="correction point on slice K, SIGN + or - (repeatable, applied in order)")
     s.add_argument("--prompts", help="JSON file with slice/box/points/labels/bounds/edits, or slices: {k: prompt} for slice-level")
     s.add_argument("--strategy", default=None, help=STRATEGY_HELP)
+    s.add_argument("--window", default="soft-tissue",
+                   help="intensity window the model sees: soft-tissue (default), lung, bone, LO:HI in HU, "
+                        "or auto (spanning the prompt's region)")
     s.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="propagation axis of the (k, j, i) array (default 0 = k)")
     s.add_argument("--reference", help="reference label volume: prints the 3D Dice")
     s.add_argument("--label", type=int, help="label value of the object in --reference")

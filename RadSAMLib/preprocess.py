@@ -24,9 +24,24 @@ import torch.nn.functional as F
 MASK_PROMPT_LOGIT = 8.0
 
 
+# Named windows (lo, hi) in HU: the soft-tissue default and Slicer's CT presets for the
+# targets it hides (CT-Lung W 1400 L -500, CT-Bone W 1000 L 400).
+WINDOW_PRESETS = {
+    "soft-tissue": (-160.0, 240.0),
+    "lung": (-1200.0, 200.0),
+    "bone": (-100.0, 900.0),
+}
+
+
 @dataclass(frozen=True)
 class Window:
-    """CT intensity window in HU; the default is a soft-tissue window (W 400, L 40)."""
+    """CT intensity window in HU; the default is a soft-tissue window (W 400, L 40).
+
+    The model sees nothing outside the window, so a target that is not soft tissue (lung,
+    bone) needs a window that spans it: a preset (:meth:`preset`), the viewer's
+    window/level (:meth:`from_level`), or one derived from the prompt region
+    (:meth:`from_region`). Slices are encoded per window.
+    """
 
     lo: float = -160.0
     hi: float = 240.0
@@ -39,6 +54,64 @@ class Window:
         """HU array -> float32 in [0, 1]."""
         out = (np.asarray(hu, dtype=np.float32) - self.lo) / (self.hi - self.lo)
         return np.clip(out, 0.0, 1.0, out=out)
+
+    @classmethod
+    def preset(cls, name: str) -> "Window":
+        if name not in WINDOW_PRESETS:
+            raise ValueError(f"unknown window '{name}' (choose {', '.join(WINDOW_PRESETS)}, auto, or LO:HI in HU)")
+        return cls(*WINDOW_PRESETS[name])
+
+    @classmethod
+    def from_level(cls, width: float, level: float) -> "Window":
+        """A viewer's window/level (width and centre, HU)."""
+        return cls(level - width / 2.0, level + width / 2.0)
+
+    @classmethod
+    def from_region(cls, hu, min_width: float = 400.0, step: float = 50.0) -> "Window":
+        """A window spanning the intensities of a prompt region (its 1st to 99th
+        percentile), at least ``min_width`` HU wide, rounded outwards to ``step`` HU (so
+        nearby prompts share one window, and its encoded slices)."""
+        values = np.asarray(hu, dtype=np.float64).ravel()
+        if not values.size:
+            raise ValueError("the prompt region is empty")
+        lo, hi = np.percentile(values, [1.0, 99.0])
+        if hi - lo < min_width:
+            centre = (lo + hi) / 2.0
+            lo, hi = centre - min_width / 2.0, centre + min_width / 2.0
+        return cls(float(np.floor(lo / step) * step), float(np.ceil(hi / step) * step))
+
+    @classmethod
+    def parse(cls, text: str) -> "Window":
+        """A preset name or ``LO:HI`` (HU), as the command line takes it."""
+        text = str(text).strip()
+        if text in WINDOW_PRESETS:
+            return cls.preset(text)
+        try:
+            lo, hi = (float(v) for v in text.split(":"))
+        except ValueError:
+            raise ValueError(f"unknown window '{text}' (choose {', '.join(WINDOW_PRESETS)}, auto, or LO:HI in HU)") \
+                from None
+        return cls(lo, hi)
+
+
+def prompt_region(slice_hu: np.ndarray, box=None, points=(), mask=None, pad: int = 16) -> np.ndarray:
+    """The HU values a prompt covers on its slice: inside the box, or the bounding box of
+    the points and mask grown by ``pad`` pixels (a point marks a spot, not an extent)."""
+    rows, cols = slice_hu.shape
+    if box is not None:
+        x0, y0, x1, y1 = box
+    else:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if mask is not None and np.asarray(mask).any():
+            r, c = np.nonzero(mask)
+            xs += [c.min(), c.max()]
+            ys += [r.min(), r.max()]
+        if not xs:
+            raise ValueError("the prompt has no box, point or mask")
+        x0, y0, x1, y1 = min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad
+    c0, c1 = int(np.clip(np.floor(x0), 0, cols - 1)), int(np.clip(np.ceil(x1), 0, cols - 1))
+    r0, r1 = int(np.clip(np.floor(y0), 0, rows - 1)), int(np.clip(np.ceil(y1), 0, rows - 1))
+    return slice_hu[r0:r1 + 1, c0:c1 + 1]
 
 
 @dataclass(frozen=True)

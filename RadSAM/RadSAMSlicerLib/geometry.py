@@ -55,6 +55,17 @@ def volume_array(volume_node) -> np.ndarray:
     return flat.astype(np.float32, copy=True)
 
 
+def volume_slice(volume_node, axis: int, idx: int) -> np.ndarray:
+    """One slice across ``axis`` (numpy axis of the ``(k, j, i)`` array), as a copy."""
+    check_volume(volume_node)
+    image = volume_node.GetImageData()
+    ni, nj, nk = image.GetDimensions()
+    flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nk, nj, ni)
+    key = [slice(None)] * 3
+    key[axis] = int(idx)
+    return np.array(flat[tuple(key)], dtype=np.float32)
+
+
 def volume_shape(volume_node) -> tuple:
     """``(k, j, i)`` voxel counts."""
     ni, nj, nk = volume_node.GetImageData().GetDimensions()

@@ -5,11 +5,18 @@ Qt or MRML. A :class:`Job` is the only thing the two threads share: the worker r
 finished slices (copies of their masks) and progress into it; the main thread polls it
 (from a timer in Slicer, from a loop in tests), copies finished slices into MRML, and may
 cancel it. Cancelling stops before the next slice; every slice reported is complete.
+
+In Slicer the main thread holds the GIL while Qt's event loop runs (PythonQt does not
+release it), so a Python worker advances only while the main thread releases it. The
+main thread's poll therefore waits on the job (which releases the GIL) for most of each
+tick -- the yield Slicer's own SimpleFilters makes with a short sleep in its timer -- and
+copies results into MRML at most a few times a second (:class:`Ticker`).
 """
 from __future__ import annotations
 
 import queue
 import threading
+import time
 import traceback
 
 
@@ -107,3 +114,29 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+
+class Ticker:
+    """The main thread's side of a running job, one call per timer tick.
+
+    :meth:`tick` first waits up to ``wait_s`` seconds for the job to end (the GIL is free
+    meanwhile, so the worker runs), then says whether to copy results into MRML now: when
+    the job has ended, or when ``write_every_s`` has passed since the last copy (writes
+    are coalesced: a slice finished every few ms is not a scene update every few ms).
+    The wait bounds the UI's latency; Slicer's timer calls ``tick`` back to back.
+    """
+
+    def __init__(self, wait_s: float = 0.04, write_every_s: float = 0.25, clock=time.monotonic):
+        self.wait_s = wait_s
+        self.write_every_s = write_every_s
+        self.clock = clock
+        self._last_write = None
+
+    def tick(self, job: Job) -> bool:
+        """True when the caller should copy finished slices now."""
+        job.done.wait(self.wait_s)
+        now = self.clock()
+        if job.finished or self._last_write is None or now - self._last_write >= self.write_every_s:
+            self._last_write = now
+            return True
+        return False

@@ -24,7 +24,7 @@ from RadSAMLib.config import RadSAMConfig
 
 from . import geometry, markups, segmentio
 from .errors import user_error
-from .jobs import Job, Worker
+from .jobs import Job, Ticker, Worker
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,10 @@ def default_model_loader(spec: ModelSpec):
     return load_model(spec.name, checkpoint=spec.checkpoint, device=spec.device)
 
 
-def default_engine_factory(model, volume_kji: np.ndarray, axis: int):
+def default_engine_factory(model, volume_kji: np.ndarray, axis: int, window=None):
     from RadSAMLib.engine import SliceEngine
-    return SliceEngine(model, volume_kji, axis=axis)
+    from RadSAMLib.preprocess import Window
+    return SliceEngine(model, volume_kji, axis=axis, window=window or Window())
 
 
 @dataclass
@@ -58,7 +59,7 @@ class _Target:
 class RadSAMLogic:
     """Segment with RadSAM in a MRML scene.
 
-    ``model_loader(ModelSpec) -> model`` and ``engine_factory(model, volume, axis) ->
+    ``model_loader(ModelSpec) -> model`` and ``engine_factory(model, volume, axis, window) ->
     SliceEngine`` can be replaced (tests pass an engine whose slices are already encoded).
     """
 
@@ -78,6 +79,19 @@ class RadSAMLogic:
         self.job: Job | None = None
         self._job_target: _Target | None = None
         self._job_written: set = set()
+        self._queued: list = []          # correction clicks made while a job ran, in order
+        self.ticker = Ticker()
+        # How finished slices reach the segment: in place (the module), or through the
+        # Segment Editor (the effect sets an editor.EditorWriter and ``on_step``, which
+        # saves an editor undo state before each interaction).
+        self.writer = segmentio.write_slices
+        self.on_step = None
+        # The intensity window the model sees: a RadSAMLib preset name ("soft-tissue",
+        # "lung", "bone"), a RadSAMLib Window (e.g. the view's window/level), or "auto"
+        # (spanning the prompt's region). A segment keeps the window it was segmented
+        # with for its corrections.
+        self.window = "soft-tissue"
+        self._windows: dict = {}       # (volume id, axis, segmentation id, segment id) -> Window
 
     # -- nodes -----------------------------------------------------------------------------
     def create_segmentation(self, volume_node, name: str | None = None):
@@ -99,8 +113,25 @@ class RadSAMLogic:
     def set_model(self, spec: ModelSpec) -> None:
         self.model_spec = spec
 
-    def _engine_key(self, volume_node, axis):
-        return (volume_node.GetID(), volume_node.GetImageData().GetMTime(), axis, self.model_spec)
+    def _engine_key(self, volume_node, axis, window):
+        return (volume_node.GetID(), volume_node.GetImageData().GetMTime(), axis, self.model_spec, window)
+
+    @staticmethod
+    def _target_key(target: _Target) -> tuple:
+        return (target.volume_node.GetID(), target.axis, target.segmentation_node.GetID(), target.segment_id)
+
+    def window_for(self, target: _Target, slice_idx: int, box=None, points=(), mask=None):
+        """The ``Window`` :attr:`window` means for a prompt on ``slice_idx``."""
+        from RadSAMLib.preprocess import Window, prompt_region
+        if isinstance(self.window, Window):
+            return self.window
+        if self.window != "auto":
+            try:
+                return Window.preset(self.window)
+            except ValueError as e:
+                raise user_error(str(e)) from None
+        hu = geometry.volume_slice(target.volume_node, target.axis, slice_idx)
+        return Window.from_region(prompt_region(hu, box, points, mask))
 
     def target_for(self, volume_node, segmentation_node, segment_id, axis: int = 0) -> _Target:
         geometry.check_volume(volume_node)
@@ -110,13 +141,14 @@ class RadSAMLogic:
             raise user_error(f"propagation axis must be 0, 1 or 2, got {axis}")
         return _Target(volume_node, segmentation_node, segment_id, axis)
 
-    def _session_job(self, target: _Target, interact, name: str) -> Job:
+    def _session_job(self, target: _Target, interact, name: str, window) -> Job:
         """Submit ``interact(session) -> Interaction`` for ``target`` to the worker, which
-        iterates it, handing each finished slice to the job. Voxels are
-        read here, on the main thread; the model, engine and session are made on the worker."""
+        iterates it, handing each finished slice to the job; slices are encoded under
+        ``window``. Voxels are read here, on the main thread; the model, engine and session
+        are made on the worker."""
         if self.busy:
             raise user_error("RadSAM is still working: wait for it or press Cancel")
-        ekey = self._engine_key(target.volume_node, target.axis)
+        ekey = self._engine_key(target.volume_node, target.axis, window)
         skey = ekey + (target.segmentation_node.GetID(), target.segment_id)
         volume = None if ekey in self._engines else geometry.volume_array(target.volume_node)
         current = segmentio.read_segment(target.segmentation_node, target.segment_id, target.volume_node)
@@ -130,13 +162,13 @@ class RadSAMLogic:
                 if engine is None:
                     model = self._models.get(spec) or self.model_loader(spec)
                     self._models = {spec: model}  # keep one model in memory
-                    engine = self.engine_factory(model, volume, target.axis)
+                    engine = self.engine_factory(model, volume, target.axis, window)
                     # One engine per volume (its embeddings are the memory that matters);
                     # sessions on a dropped engine go with it.
                     engines = {k: v for k, v in self._engines.items() if k[0] != ekey[0]}
                     engines[ekey] = engine
                     self._engines = engines
-                    self._sessions = {k: v for k, v in self._sessions.items() if k[:4] in engines}
+                    self._sessions = {k: v for k, v in self._sessions.items() if k[:len(ekey)] in engines}
                 session = Session(engine, config)
                 self._sessions[skey] = session
             if session.mask.shape != current.shape:
@@ -151,6 +183,9 @@ class RadSAMLogic:
                 job.set_progress(u.done, u.total)
             return interaction.change
 
+        if self.on_step is not None:
+            self.on_step(name)
+        self._windows[self._target_key(target)] = window
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
         self.target = target
@@ -162,7 +197,12 @@ class RadSAMLogic:
         (inclusive ``(bottom, top)`` slice indices along ``target.axis``)."""
         if bounds is not None and (bounds[0] is None or bounds[1] is None):
             raise user_error("set both the bottom and the top slice (or neither)", "BoundsError")
-        return self._session_job(target, lambda s: s.segment_iter(slice_idx, prompt, bounds=bounds), "segment")
+        if bounds is not None:
+            # Bottom and Top are the organ's ends in patient terms: which index is lower
+            # depends on which way the volume's slice axis runs.
+            bounds = (min(bounds), max(bounds))
+        window = self.window_for(target, slice_idx, prompt.box, prompt.points, prompt.mask)
+        return self._session_job(target, lambda s: s.segment_iter(slice_idx, prompt, bounds=bounds), "segment", window)
 
     def start_segment_from_markups(self, target: _Target, bounds=None, box_node=None, positive=None,
                                    negative=None, mask_slice: int | None = None) -> Job:
@@ -179,12 +219,25 @@ class RadSAMLogic:
                                              mask, mask_slice)
         return self.start_segment(target, idx, prompt, bounds)
 
-    def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job:
-        """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate."""
-        return self._session_job(target, lambda s: s.edit_iter(slice_idx, point_xy, positive), "edit")
+    def start_edit(self, target: _Target, slice_idx: int, point_xy, positive: bool = True) -> Job | None:
+        """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice, re-propagate.
 
-    def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job:
-        """A correction click at world RAS ``ras``."""
+        While a job runs the click is queued (``None`` is returned) and starts, in order,
+        once the running job's results are in the segment (:meth:`pump`), so it starts
+        from them. :meth:`cancel` drops queued clicks too."""
+        if self.busy:
+            self._queued.append((target, slice_idx, point_xy, positive))
+            return None
+        window = self._windows.get(self._target_key(target)) or self.window_for(target, slice_idx, points=[point_xy])
+        return self._session_job(target, lambda s: s.edit_iter(slice_idx, point_xy, positive), "edit", window)
+
+    @property
+    def queued(self) -> int:
+        """Correction clicks waiting for the running job."""
+        return len(self._queued)
+
+    def start_edit_at(self, target: _Target, ras, positive: bool = True) -> Job | None:
+        """A correction click at world RAS ``ras`` (queued while a job runs)."""
         shape = geometry.volume_shape(target.volume_node)
         s, x, y = geometry.split_kji(geometry.world_to_kji(target.volume_node, ras), target.axis)
         rows, cols = [shape[a] for a in range(3) if a != target.axis]
@@ -196,11 +249,19 @@ class RadSAMLogic:
 
     @property
     def busy(self) -> bool:
-        return self.job is not None and not (self.job.finished and self._job_target is None)
+        return bool(self._queued) or (self.job is not None and not (self.job.finished and self._job_target is None))
 
     def cancel(self) -> None:
+        self._queued = []
         if self.job is not None:
             self.job.cancel()
+
+    def tick(self) -> list:
+        """One main-loop tick of a running job (Slicer's timer): let the worker run for a
+        moment with the GIL free, then, coalesced, :meth:`pump`. Returns the slices written."""
+        if self.job is None or self._job_target is None:
+            return self.pump()
+        return self.pump() if self.ticker.tick(self.job) else []
 
     def pump(self) -> list:
         """Main thread: copy the slices the worker finished into the segment. When the job
@@ -216,8 +277,8 @@ class RadSAMLogic:
             for idx in job.result.slices:     # the final state of every changed slice
                 masks[idx] = session.slice_mask(idx)
         try:
-            written = segmentio.write_slices(target.segmentation_node, target.segment_id,
-                                             target.volume_node, masks, target.axis)
+            written = self.writer(target.segmentation_node, target.segment_id,
+                                  target.volume_node, masks, target.axis)
         except Exception:
             # The segment cannot take results (e.g. it was deleted): stop the run and stop
             # writing; the next interaction starts again from the segment's content.
@@ -227,6 +288,15 @@ class RadSAMLogic:
         self._job_written.update(masks)
         if finished:
             self._job_target = None
+            if job.error is not None or job.cancel_requested.is_set():
+                self._queued = []          # a failed or cancelled run takes its queued clicks along
+            if self._queued:
+                target, slice_idx, xy, positive = self._queued.pop(0)
+                try:
+                    self.start_edit(target, slice_idx, xy, positive)
+                except Exception:
+                    self._queued = []
+                    raise
         return written
 
     def wait(self, job: Job | None = None, timeout: float = 600.0, interval: float = 0.02):
@@ -237,6 +307,9 @@ class RadSAMLogic:
         while True:
             self.pump()
             if job.finished and self._job_target is None:
+                if self.job is not job and self.job is not None:   # a queued click started
+                    job = self.job
+                    continue
                 break
             if time.monotonic() > deadline:
                 job.cancel()
@@ -262,8 +335,8 @@ class RadSAMLogic:
             return None
         session = self.session_for(t)
         change = getattr(session, which)()
-        segmentio.write_slices(t.segmentation_node, t.segment_id, t.volume_node,
-                               {i: session.slice_mask(i) for i in change.slices}, t.axis)
+        self.writer(t.segmentation_node, t.segment_id, t.volume_node,
+                    {i: session.slice_mask(i) for i in change.slices}, t.axis)
         return change
 
     def undo(self):
@@ -275,7 +348,10 @@ class RadSAMLogic:
         return self._history("redo")
 
     def session_for(self, target: _Target):
-        ekey = self._engine_key(target.volume_node, target.axis)
+        window = self._windows.get(self._target_key(target))
+        if window is None:
+            return None
+        ekey = self._engine_key(target.volume_node, target.axis, window)
         return self._sessions.get(ekey + (target.segmentation_node.GetID(), target.segment_id))
 
     def can_undo(self) -> bool:
@@ -285,6 +361,16 @@ class RadSAMLogic:
     def can_redo(self) -> bool:
         s = self.session_for(self.target) if self.target else None
         return bool(s and s.can_redo)
+
+    def forget_volume(self, volume_id: str) -> None:
+        """Release the encoded slices and sessions of a volume (e.g. removed from the
+        scene): they hold the volume's copy and its embeddings, the memory that matters."""
+        if self.busy and self._job_target is not None and self._job_target.volume_node.GetID() == volume_id:
+            self.cancel()
+        self._engines = {k: v for k, v in self._engines.items() if k[0] != volume_id}
+        self._sessions = {k: v for k, v in self._sessions.items() if k[0] != volume_id}
+        if self.target is not None and self.target.volume_node.GetID() == volume_id:
+            self.target = None
 
     def clear_cache(self) -> None:
         """Forget sessions, encoded slices and the model (e.g. when the scene closes)."""

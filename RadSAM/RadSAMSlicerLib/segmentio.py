@@ -4,13 +4,16 @@ Arrays are uint8 ``(k, j, i)`` on the volume's grid (1 inside). A segmentation n
 labelmaps in its own local frame, so the grid is expressed there (volume IJK -> world ->
 segmentation frame; linear transforms only).
 
-Writing is read-modify-write of the WHOLE segment: ``SetBinaryLabelmapToSegment`` in
-replace mode replaces the whole segment even when given an extent (measured with
-slicer-core 5.x: an extent of one slice left only that slice), so the changed slices are
-put into the segment's current labelmap and the full labelmap is written back. Replace
-mode keeps the input's grid (no resampling) and does not overwrite other segments (a
-shared layer is split where they would overlap), so other segments and this segment's
-other slices keep their exact voxels.
+Writing goes into the segment's OWN labelmap, in place. A new segment shares its layer
+(one ``vtkOrientedImageData``) with other segments, and a replace-mode
+``SetBinaryLabelmapToSegment`` re-grids that whole layer when the input's grid differs, so
+a segment drawn at another resolution, or in another frame, would be resampled. Instead
+the segment is first moved to a layer of its own (``SeparateSegmentLabelmap``: the other
+segments' voxels stay in their layer, on their grid); that layer is put on the volume's
+grid when it is empty, and a segment that already has voxels on another grid is refused
+(writing it would resample it). Then only the written slices change, through the
+labelmap's array, and the extent grows only when a slice reaches outside it; the
+labelmap's ``Modified()`` tells the segmentation (and its displays) once per write.
 """
 from __future__ import annotations
 
@@ -39,19 +42,6 @@ def _oriented_image(array_kji: np.ndarray, ijk_to_frame: np.ndarray, lo=(0, 0, 0
     numpy_support.vtk_to_numpy(img.GetPointData().GetScalars())[:] = \
         np.ascontiguousarray(array_kji, dtype=np.uint8).ravel()
     return img
-
-
-def nonzero_box(array_kji: np.ndarray):
-    """``(lo, hi)`` inclusive ``(k, j, i)`` corners of the non-zero voxels, or ``None``."""
-    lo, hi = [], []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(array_kji.any(axis=others))
-        if not len(idx):
-            return None
-        lo.append(int(idx[0]))
-        hi.append(int(idx[-1]))
-    return tuple(lo), tuple(hi)
 
 
 def _image_array(img) -> np.ndarray:
@@ -110,38 +100,141 @@ def read_segment(segmentation_node, segment_id, volume_node) -> np.ndarray:
     return out
 
 
-def write_segment(segmentation_node, segment_id, volume_node, array_kji: np.ndarray) -> None:
-    """Replace the whole segment by ``array_kji`` (uint8 0/1 on the volume grid).
+def _grid_of(img) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    img.GetImageToWorldMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
-    Only the box around the non-zero voxels is handed over (the same segment, at a
-    fraction of the cost of a full-volume image for an organ in a large CT)."""
+
+def _is_empty(extent) -> bool:
+    return extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]
+
+
+def own_labelmap(segmentation_node, segment_id, volume_node):
+    """The segment's own labelmap layer on ``volume_node``'s grid: ``(vtkOrientedImageData,
+    label value)``. Moves the segment out of a shared layer and puts an empty layer on the
+    volume's grid; other segments are not touched. A user error when the segment has
+    voxels on another grid (nothing is changed then)."""
     check_segment(segmentation_node, segment_id)
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
     grid = ijk_to_node_frame(volume_node, segmentation_node)
-    box = nonzero_box(array_kji)
-    if box is None:
-        img = _oriented_image(np.zeros((1, 1, 1), np.uint8), grid)
-    else:
-        (k0, j0, i0), (k1, j1, i1) = box
-        img = _oriented_image(array_kji[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1], grid, (k0, j0, i0))
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(img, segmentation_node, segment_id, logic.MODE_REPLACE):
-        raise user_error(f"could not write segment '{segment_id}' of '{segmentation_node.GetName()}'")
+    img = segment.GetRepresentation(BINARY_LABELMAP)
+    label = segment.GetLabelValue()
+    same_grid = img is not None and np.allclose(_grid_of(img), grid, atol=1e-4)
+    if img is not None and not same_grid and not _is_empty(img.GetExtent()) and \
+            (_image_array(img) == label).any():
+        raise user_error(f"segment '{segment.GetName()}' is stored on a different voxel grid than volume "
+                         f"'{volume_node.GetName()}' (another resolution, orientation or transform); RadSAM "
+                         "would have to resample it: choose a segment made on this volume, or a new one")
+    if img is not None and len(segmentation.GetSegmentIDsForLayer(segmentation.GetLayerIndex(segment_id))) > 1:
+        segmentation.SeparateSegmentLabelmap(segment_id)
+        img = segment.GetRepresentation(BINARY_LABELMAP)
+        label = segment.GetLabelValue()
+    if not same_grid:
+        # Empty: give its (own) layer the volume's grid, through Slicer's own call, which
+        # also makes the segmentation observe that labelmap (a segmentation's first empty
+        # segment is not observed: its in-place changes would reach no display).
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.SetBinaryLabelmapToSegment(_oriented_image(np.zeros((1, 1, 1), np.uint8), grid),
+                                                segmentation_node, segment_id, logic.MODE_REPLACE):
+            raise user_error(f"could not write segment '{segment.GetName()}' of '{segmentation_node.GetName()}'")
+        img, label = segment.GetRepresentation(BINARY_LABELMAP), segment.GetLabelValue()
+        img.SetExtent(0, -1, 0, -1, 0, -1)       # the placeholder voxel goes: nothing to keep
+        img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    return img, label
+
+
+def _grown_extent(extent, need, shape, axis):
+    """``extent`` (VTK i0, i1, j0, j1, k0, k1) grown to hold ``need`` (same form). Along the
+    slice axis it grows by at least its own length (slices stream in one by one, so the
+    image is re-allocated a logarithmic number of times); it stays inside the volume."""
+    if _is_empty(extent):
+        return tuple(need)
+    out = [min(extent[0], need[0]), max(extent[1], need[1]), min(extent[2], need[2]),
+           max(extent[3], need[3]), min(extent[4], need[4]), max(extent[5], need[5])]
+    a = 2 - axis                                  # numpy axis -> VTK axis (i=0, j=1, k=2)
+    n = shape[axis]
+    length = extent[2 * a + 1] - extent[2 * a] + 1
+    if out[2 * a] < extent[2 * a]:
+        out[2 * a] = max(0, min(out[2 * a], extent[2 * a] - length))
+    if out[2 * a + 1] > extent[2 * a + 1]:
+        out[2 * a + 1] = min(n - 1, max(out[2 * a + 1], extent[2 * a + 1] + length))
+    return tuple(out)
+
+
+def _reallocate(img, extent) -> None:
+    """Give ``img`` ``extent``, keeping its voxels (the grid does not change)."""
+    old_extent = img.GetExtent()
+    old = None if _is_empty(old_extent) else _image_array(img).copy()
+    img.SetExtent(*extent)
+    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    arr = _image_array(img)
+    arr[:] = 0
+    if old is not None:
+        e, o = extent, old_extent
+        arr[o[4] - e[4]:o[5] - e[4] + 1, o[2] - e[2]:o[3] - e[2] + 1, o[0] - e[0]:o[1] - e[0] + 1] = old
+
+
+def _slice_extent(axis: int, idx: int, box2d):
+    """VTK extent of a box ``((r0, c0), (r1, c1))`` on slice ``idx`` across ``axis``."""
+    (r0, c0), (r1, c1) = box2d
+    lo, hi = [0, 0, 0], [0, 0, 0]
+    rest = [a for a in range(3) if a != axis]
+    lo[axis] = hi[axis] = idx
+    lo[rest[0]], hi[rest[0]], lo[rest[1]], hi[rest[1]] = r0, r1, c0, c1
+    return (lo[2], hi[2], lo[1], hi[1], lo[0], hi[0])
 
 
 def write_slices(segmentation_node, segment_id, volume_node, slice_masks: dict, axis: int) -> list:
     """Put ``slice_masks`` (``{slice index: bool (rows, cols)}``, slices across ``axis``)
-    into the segment, leaving every other voxel of the segmentation as it is. Returns the
-    slices whose content changed (nothing is written when none did)."""
+    into the segment, in place, leaving every other voxel of the segmentation as it is.
+    Returns the slices whose content changed (nothing is written when none did)."""
     if not slice_masks:
         return []
-    current = read_segment(segmentation_node, segment_id, volume_node)
+    img, label = own_labelmap(segmentation_node, segment_id, volume_node)
+    shape = volume_shape(volume_node)
+    extent = img.GetExtent()
+    need = None
+    masks = {}
+    for s, m in slice_masks.items():
+        m = np.asarray(m) > 0
+        masks[int(s)] = m
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if len(rows):
+            e = _slice_extent(axis, int(s), ((rows[0], cols[0]), (rows[-1], cols[-1])))
+            need = e if need is None else tuple(min(a, b) if n % 2 == 0 else max(a, b)
+                                                for n, (a, b) in enumerate(zip(need, e)))
+    if need is not None and (_is_empty(extent) or any(
+            need[n] < extent[n] if n % 2 == 0 else need[n] > extent[n] for n in range(6))):
+        _reallocate(img, _grown_extent(extent, need, shape, axis))
+        extent = img.GetExtent()
     changed = []
-    for s in sorted(slice_masks):
-        key = slice_key(axis, int(s))
-        new = np.asarray(slice_masks[s]) > 0
-        if not np.array_equal(current[key] > 0, new):
-            current[key] = new
-            changed.append(int(s))
+    if not _is_empty(extent):
+        arr = _image_array(img)
+        lo = (extent[4], extent[2], extent[0])             # (k, j, i) of arr[0, 0, 0]
+        hi = (extent[5], extent[3], extent[1])
+        rest = [a for a in range(3) if a != axis]
+        r0, r1 = lo[rest[0]], hi[rest[0]]
+        c0, c1 = lo[rest[1]], hi[rest[1]]
+        for s in sorted(masks):
+            if not lo[axis] <= s <= hi[axis]:
+                continue      # outside the extent: empty before, and empty now (else it grew)
+            plane = arr[slice_key(axis, s - lo[axis])]
+            new = masks[s][max(r0, 0):r1 + 1, max(c0, 0):c1 + 1]
+            view = plane[max(r0, 0) - r0:, max(c0, 0) - c0:][:new.shape[0], :new.shape[1]]
+            if not np.array_equal(view == label, new):
+                view[...] = np.where(new, label, 0).astype(view.dtype)
+                changed.append(s)
     if changed:
-        write_segment(segmentation_node, segment_id, volume_node, current)
+        img.Modified()
     return changed
+
+
+def write_segment(segmentation_node, segment_id, volume_node, array_kji: np.ndarray) -> None:
+    """Replace the whole segment by ``array_kji`` (uint8 0/1 on the volume grid), in its own
+    labelmap; every slice across axis 0 is written."""
+    array_kji = np.asarray(array_kji)
+    if array_kji.shape != volume_shape(volume_node):
+        raise user_error(f"mask shape {array_kji.shape} is not the volume's {volume_shape(volume_node)}")
+    write_slices(segmentation_node, segment_id, volume_node, {k: array_kji[k] for k in range(array_kji.shape[0])}, 0)

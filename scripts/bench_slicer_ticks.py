@@ -1,0 +1,118 @@
+"""Main-thread cost of one Slicer timer tick that copies finished slices into a segment.
+
+    python3 scripts/bench_slicer_ticks.py [--slices 300 --rows 512 --cols 512]
+
+Real MRML (the slicer-core wheel), a synthetic CT-sized volume, a segmentation holding
+another segment (a large blob in the shared layer), and an organ-like ellipse streamed
+into a new segment slice by slice outwards from the middle, as propagation produces it.
+Prints milliseconds per tick for ticks of 1 and of 16 slices, with RadSAM's in-place
+slice writes and with the former whole-segment read + replace (for comparison). Every
+millisecond here is a millisecond the UI does not respond; the result is kept in
+docs/benchmark/slicer_ticks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "RadSAM"))
+sys.path.insert(0, str(ROOT))
+
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from vtk.util import numpy_support  # noqa: E402
+
+from RadSAMSlicerLib import geometry, segmentio  # noqa: E402
+from RadSAMSlicerLib.logic import RadSAMLogic  # noqa: E402
+
+
+def make_scene(shape):
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    vol = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "ct")
+    img = vtk.vtkImageData()
+    img.SetDimensions(shape[2], shape[1], shape[0])
+    img.AllocateScalars(vtk.VTK_SHORT, 1)
+    numpy_support.vtk_to_numpy(img.GetPointData().GetScalars())[:] = 40
+    vol.SetAndObserveImageData(img)
+    vol.SetSpacing(0.8, 0.8, 1.5)
+    holder = RadSAMLogic.__new__(RadSAMLogic)
+    holder.scene = scene
+    seg = holder.create_segmentation(vol)
+    other = RadSAMLogic.add_segment(seg, "other")
+    blob = np.zeros(shape, np.uint8)
+    blob[40:260, 100:400, 80:300] = 1
+    segmentio.write_segment(seg, other, vol, blob)
+    target = RadSAMLogic.add_segment(seg, "organ")
+    return scene, logic, vol, seg, target
+
+
+def ellipse(shape2d, k, centre_k):
+    rows, cols = shape2d
+    y, x = np.ogrid[:rows, :cols]
+    scale = max(0.2, 1.0 - abs(k - centre_k) / 80.0)
+    return ((x - cols * 0.45) / (90 * scale)) ** 2 + ((y - rows * 0.5) / (70 * scale)) ** 2 <= 1.0
+
+
+def stream_order(n, centre, half):
+    out = [centre]
+    for d in range(1, half + 1):
+        out += [centre + d, centre - d]
+    return [k for k in out if 0 <= k < n]
+
+
+def old_write(seg, sid, vol, masks):
+    """The former path: read the whole segment, change the slices, replace it all."""
+    current = segmentio.read_segment(seg, sid, vol)
+    for k, m in masks.items():
+        current[k] = m
+    box = np.argwhere(current)
+    lo, hi = box.min(0), box.max(0)
+    img = segmentio._oriented_image(current[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1],
+                                    geometry.ijk_to_node_frame(vol, seg), lo)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    logic.SetBinaryLabelmapToSegment(img, seg, sid, logic.MODE_REPLACE)
+
+
+def run(shape, per_tick, writer, ticks_max=40):
+    _scene, _logic, vol, seg, sid = make_scene(shape)
+    centre = shape[0] // 2
+    order = stream_order(shape[0], centre, 60)
+    times = []
+    for start in range(0, min(len(order), per_tick * ticks_max), per_tick):
+        batch = {k: ellipse(shape[1:], k, centre) for k in order[start:start + per_tick]}
+        t = time.perf_counter()
+        writer(seg, sid, vol, batch)
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--rows", type=int, default=512)
+    ap.add_argument("--cols", type=int, default=512)
+    args = ap.parse_args(argv)
+    shape = (args.slices, args.rows, args.cols)
+    print(f"volume {shape[2]} x {shape[1]} x {shape[0]} (i x j x k), organ streamed from slice {shape[0] // 2} "
+          f"outwards, another segment in the shared layer")
+    print(f"{'writer':<34}{'slices/tick':>12}{'ticks':>7}{'first ms':>10}{'median ms':>11}{'max ms':>9}")
+    print("(first: the first write, which moves the segment to its own layer; median and max: the others)")
+    in_place = lambda seg, sid, vol, b: segmentio.write_slices(seg, sid, vol, b, 0)  # noqa: E731
+    for name, writer, ticks in (("in place (RadSAM)", in_place, 40), ("whole read + replace (before)", old_write, 6)):
+        for per_tick in (1, 16):
+            times = run(shape, per_tick, writer, ticks)
+            rest = times[1:]
+            print(f"{name:<34}{per_tick:>12}{len(times):>7}{times[0]:>10.1f}{statistics.median(rest):>11.1f}"
+                  f"{max(rest):>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
