@@ -91,3 +91,71 @@ def test_averaged_gradients_equal_one_process_on_the_union(model, smoke_data, tm
             # float tolerance: the ranks (1 thread) and this process sum in other orders, and
             # some gradients are round-off around 0 (a bias before a LayerNorm)
             assert (a - r).abs().max() <= 1e-3 * r.abs().max() + 1e-5 * gmax, ((a - r).abs().max(), r.abs().max())
+
+
+def _train(args, nproc, env):
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--nnodes", "1",
+              "--master_addr", "127.0.0.1", "--master_port", str(free_port())] if nproc > 1 else [sys.executable]
+    r = subprocess.run(launch + ["-m", "training.train"] + args, cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, abdomen):  # noqa: F811
+    """``torchrun --nproc_per_node 2 -m training.train`` (gloo): the loss falls, rank 0
+    alone writes one log row per step and a delta that loads and predicts; one process
+    then resumes that checkpoint from the step it reached."""
+    from RadSAMLib.accel.cache import weights_sha256
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.models import load_model
+    from RadSAMLib.prompts import SlicePrompt, box_of_mask
+    from conftest import dice
+    from test_training import Z
+    from training.config import Config
+    from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
+    from training.objective import decode_batch, loss_fn
+    out, store = smoke_data
+    cache = tmp_path / "emb" / weights_sha256(model.image_encoder)[:16]   # EmbeddingStore's layout
+    cache.mkdir(parents=True)
+    for name in ("abdomen_train", "abdomen_eval"):
+        torch.save(store[name], cache / f"{name}.emb.pt")
+    run_dir = tmp_path / "run"
+    cfg = json.loads(SMOKE.read_text()) | {
+        "shards": [str(out / "abdomen_train.npz")], "val_shards": [str(out / "abdomen_eval.npz")],
+        "out_dir": str(run_dir), "embed_cache": str(tmp_path / "emb"), "steps": 10, "batch_size": 2, "lr": 3e-4,
+        "max_val_objects": 1, "val_every": 10, "save_every": 5, "prompt_mix": {"mask": 1.0}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "bench")]), OMP_NUM_THREADS="1")
+    _train([str(tmp_path / "cfg.json")], 2, env)
+
+    rows = list(csv.DictReader(open(run_dir / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))     # rank 0's rows only
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 10
+    val = (run_dir / "val.csv").read_text().splitlines()
+    assert [v.split(",")[0] for v in val[1:]] == ["0", "10"]
+    ft = load_model(str(run_dir / "radsam_litemedsam.safetensors"), device="cpu")
+    assert ft.info.name == "radsam" and ft.info.extra["steps"] == 10
+    shards = load_shards(cfg["shards"])
+    fixed = BatchStream(shards, SampleIndex(shards), Config(batch_size=8, prompt_mix={"mask": 1.0}), seed=0,
+                        mask_size=model.mask_input_size).batch(np.random.default_rng(7))
+
+    def fixed_loss(m):
+        with torch.no_grad():
+            lg, iou = decode_batch(m, batch_embeddings(store, shards, fixed), mask=fixed["mask"])
+            return loss_fn(lg, iou, fixed["target"])[0].item()
+    before, after = fixed_loss(model), fixed_loss(ft)
+    assert after < 0.9 * before, (before, after)
+    _, hu, lab, _ = abdomen
+    eng = SliceEngine(ft, hu, axis=0)
+    z = 16
+    eng._cache[z] = store["abdomen_train"][z - Z[0]:z - Z[0] + 1]
+    gt = lab[z] == 2
+    assert dice(eng.predict(z, SlicePrompt(box=box_of_mask(gt, margin=2), mask=gt)).mask, gt) > 0.7
+
+    # Resume with another world size (1): from step 10, not from 0.
+    log = _train([str(tmp_path / "cfg.json"), "--set", "steps=12", "val_every=100"], 1, env)
+    assert f"resumed from {run_dir / 'last.pt'} at step 10" in log
+    rows = list(csv.DictReader(open(run_dir / "log.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 12
