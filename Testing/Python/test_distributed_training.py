@@ -14,7 +14,6 @@ import sys
 import types
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import ROOT

@@ -42,6 +42,8 @@ class Ranks:
             cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
             if cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" = this rank's GPU
+            else:
+                share_cores()
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
             self.dist = dist
@@ -104,6 +106,21 @@ class Ranks:
             write(self.path, results)
             self._remove_partials()
         return True
+
+
+def share_cores() -> None:
+    """CPU ranks on one node take disjoint cores: the encoder's ONNX Runtime session and
+    torch size their thread pools by the usable cores, and N ranks each sizing theirs to
+    every core would oversubscribe them N times."""
+    n, r = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:      # macOS, Windows: no affinity; use --threads
+        return
+    if n > 1 and len(cores) >= n:
+        os.sched_setaffinity(0, cores[r::n])
+        import torch
+        torch.set_num_threads(len(cores[r::n]))
 
 
 def merge(into: dict, cases: dict) -> None:
