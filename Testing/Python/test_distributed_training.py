@@ -102,9 +102,10 @@ def _train(args, nproc, env):
 
 
 def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, abdomen):  # noqa: F811
-    """``torchrun --nproc_per_node 2 -m training.train`` (gloo): the loss falls, rank 0
-    alone writes one log row per step and a delta that loads and predicts; one process
-    then resumes that checkpoint from the step it reached."""
+    """``torchrun --nproc_per_node 2 -m training.train`` (gloo): the rank that owns the
+    uncached shard encodes it into the shared cache; the loss falls, rank 0 alone writes
+    one log row per step and a delta that loads and predicts; one process then resumes
+    that checkpoint from the step it reached."""
     from RadSAMLib.accel.cache import weights_sha256
     from RadSAMLib.engine import SliceEngine
     from RadSAMLib.models import load_model
@@ -117,8 +118,7 @@ def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, a
     out, store = smoke_data
     cache = tmp_path / "emb" / weights_sha256(model.image_encoder)[:16]   # EmbeddingStore's layout
     cache.mkdir(parents=True)
-    for name in ("abdomen_train", "abdomen_eval"):
-        torch.save(store[name], cache / f"{name}.emb.pt")
+    torch.save(store["abdomen_train"], cache / "abdomen_train.emb.pt")   # rank 1 encodes abdomen_eval
     run_dir = tmp_path / "run"
     cfg = json.loads(SMOKE.read_text()) | {
         "shards": [str(out / "abdomen_train.npz")], "val_shards": [str(out / "abdomen_eval.npz")],
@@ -128,6 +128,9 @@ def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, a
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "bench")]), OMP_NUM_THREADS="1")
     _train([str(tmp_path / "cfg.json")], 2, env)
 
+    # The missing shard was encoded once, by its rank, into the cache (renamed into place).
+    assert sorted(p.name for p in cache.iterdir()) == ["abdomen_eval.emb.pt", "abdomen_train.emb.pt"]
+    assert torch.allclose(torch.load(cache / "abdomen_eval.emb.pt").float(), store["abdomen_eval"].float(), atol=0.05)
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 11))     # rank 0's rows only
     assert torch.load(run_dir / "last.pt", weights_only=True)["step"] == 10
