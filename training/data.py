@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from RadSAMLib.files import atomic_write
 from RadSAMLib.preprocess import SliceFrame
 from RadSAMLib.propagation import grow_mask
 from RadSAMLib.prompts import box_of_mask
@@ -114,7 +115,7 @@ class EmbeddingStore:
             self.emb[sh.name] = torch.cat(parts)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(self.emb[sh.name].cpu(), path)
+                atomic_write(path, lambda tmp, e=self.emb[sh.name]: torch.save(e.cpu(), tmp), suffix=".pt")
             if progress:
                 progress(sh.name, len(sh.ct))
         return self

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .config import Config
 from .data import BatchStream, EmbeddingStore, SampleIndex, batch_embeddings, load_shards
 from .export import export_delta
@@ -86,6 +88,7 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
 
     if cfg.prompt_mix.get("random_box", 0) > 0 and not cfg.distill_weight:
         raise ValueError("prompt kind 'random_box' needs distill_weight > 0 (it has no label to learn)")
+    dist.setup(cfg)  # under torchrun: join the ranks (training/distributed.py)
     torch.manual_seed(cfg.seed)
     if cfg.mask_prompt_grow:  # validate and ship with the mask prompts it was trained on
         cfg.val_strategies = [with_grow(v, cfg.mask_prompt_grow) for v in cfg.val_strategies]
@@ -110,6 +113,7 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
     t0 = time.time()
     store = store or EmbeddingStore()
     if not full:
+        dist.prefill_cache(model, shards + val_shards, cfg.embed_cache)
         store.build(model, shards + val_shards, cache_dir=cfg.embed_cache)
         n_slices = sum(len(s.ct) for s in shards + val_shards)
         log(f"embeddings: {n_slices} slices in {time.time() - t0:.1f} s on {dev}")
@@ -128,23 +132,25 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
         step, best = int(state["step"]), float(state["best"])
         log(f"resumed from {ck} at step {step}")
 
-    stream = BatchStream(shards, index, cfg, seed=cfg.seed * 1000 + step, mask_size=model.mask_input_size,
+    stream = BatchStream(shards, index, cfg, seed=dist.rank_seed(cfg.seed * 1000 + step), mask_size=model.mask_input_size,
                          with_images=full)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
                                          persistent_workers=cfg.workers > 0)
     new_log = not (out / "log.csv").is_file()
-    logf = open(out / "log.csv", "a", newline="")
+    logf = open(out / "log.csv" if dist.is_main() else os.devnull, "a", newline="")
     logw = csv.writer(logf)
     if new_log:
         logw.writerow(["step", "kind", "loss", "primary", "alt", "iou_mse", "samples_per_s", "seconds"])
 
     def save(path):
+        if not dist.is_main():
+            return
         torch.save({"model": _trained_state(model, cfg.train_parts), "optimizer": opt.state_dict(),
                     "step": step, "best": best, "config": json.dumps(cfg.to_dict())}, path)
 
     def validate():
         nonlocal best
-        if not val_shards:
+        if not val_shards or not dist.is_main():
             return None
         model.eval()
         val_store = store
@@ -178,12 +184,13 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
     first = validate() if step == 0 else None
     train_mode()
     losses = []
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0,
+               disable=not dist.is_main())
     it = iter(loader)
     tick = time.time()
     stop = cfg.steps
     while step < stop:
-        if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes and step < stop:
+        if cfg.max_minutes and dist.any_rank(time.time() - t0 > 60 * cfg.max_minutes) and step < stop:
             log(f"time limit of {cfg.max_minutes} min reached at step {step}")
             stop = step + 1  # one more step, then the final validation + save
         b = next(it)
@@ -202,6 +209,7 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
             loss = loss + cfg.l2sp * sum(((p - base[n]) ** 2).sum() for n, p in model.named_parameters() if n in base)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(params)
         opt.step()
         step += 1
         now = time.time()
@@ -220,6 +228,8 @@ def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
     bar.close()
     logf.close()
 
+    if not dist.is_main():
+        return {"losses": losses, "best": best, "first": first, "export": None, "step": step}
     # Export the best validated weights (the step-0 base itself if training never beat it),
     # or the last ones (``export_from: last``, or no validation).
     if cfg.export_from == "best" and (out / "best.pt").is_file():
@@ -248,7 +258,10 @@ def main(argv=None):
             over[k] = json.loads(v)
         except json.JSONDecodeError:
             over[k] = v
-    run(Config.load(a.config, **over))
+    cfg = Config.load(a.config, **over)
+    dist.setup(cfg)
+    run(cfg, log=print if dist.is_main() else lambda *a: None)
+    dist.teardown()
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ def _same_config(a: dict, b: dict) -> bool:
 
 def run(args) -> int:
     from .datasets import open_dataset, pack_dataset
+    from .distributed import Ranks
     from .protocol import Protocol
 
     if args.pack:
@@ -152,10 +153,14 @@ def run(args) -> int:
         if results["cases"]:
             print(f"resuming: {len(results['cases'])} finished case run(s) in {path}", file=sys.stderr)
 
-    todo = [(c, m) for c in cases for m in models
-            if results["cases"].get(f"{m[0]}|{c.name}", {}).get("partial", True)]
+    ranks = Ranks(path, args.device, args.fresh)   # under torchrun: this rank's share (distributed.py)
+    ranks.resume(results, _same_config)
+    todo = ranks.share([(c, m) for c in cases for m in models
+                        if results["cases"].get(f"{m[0]}|{c.name}", {}).get("partial", True)])
     if todo:
-        _run_todo(todo, objects, settings, protocol, args, results, path)
+        _run_todo(todo, objects, settings, protocol, args, results, ranks.own_path)
+    if not ranks.gather(results, _write_json):
+        return 0
     recs = [r for c in results["cases"].values() for r in c["records"] if "skipped" not in r]
     if not recs:
         raise RadSAMError("no object passed the selection (labels absent, or smaller than --min-voxels/"
