@@ -17,6 +17,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic is the module's logic)
+from RadSAMSlicerLib import bounds as boundsview
 from RadSAMSlicerLib import dependencies, editor, geometry, segmentio
 from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
@@ -94,6 +95,11 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         self.editorEffect = None     # the Segment Editor effect RadSAM writes through, if any
         self.editorStatusLabel = None
+        # The slice view RadSAM counts slices in: the one last clicked, scrolled or typed
+        # in (Red until then). Bottom/Top remember the axis they were set on.
+        self.activeSliceNode = None
+        self.boundsAxis = None
+        self._observedInteractors = set()
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -120,6 +126,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.pointNegativeButton, FIX_NEGATIVE_NAME if self.ui.editModeCheckBox.checked else NEGATIVE_NAME))
         self.ui.bottomButton.clicked.connect(lambda: self.onSetBound(self.ui.bottomSpinBox))
         self.ui.topButton.clicked.connect(lambda: self.onSetBound(self.ui.topSpinBox))
+        self.ui.bottomSpinBox.valueChanged.connect(self.showBounds)
+        self.ui.topSpinBox.valueChanged.connect(self.showBounds)
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
         self.ui.undoButton.clicked.connect(lambda: self.onHistory("undo"))
@@ -137,10 +145,13 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
+        self.observeSliceViews()
+        slicer.app.layoutManager().layoutChanged.connect(self.observeSliceViews)
         self.updateGUI()
 
     # -- module lifecycle --------------------------------------------------------------------
     def enter(self):
+        self.observeSliceViews()
         self.removeShortcuts()
         for name, key in SHORTCUTS.items():
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
@@ -159,6 +170,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.exit()
+        boundsview.remove_bounds(slicer.mrmlScene)
         self.timer.stop()
         self.removeObservers()
         if self.logic is not None:
@@ -273,16 +285,48 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return "soft-tissue"
         return Window.from_level(display.GetWindow(), display.GetLevel())
 
-    def redSliceNode(self):
-        return slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+    # -- the view the user is in --------------------------------------------------------------
+    # Events that mean "the user works in this view": clicks (placing included), scrolling
+    # through slices with the wheel or the keyboard. Hovering does not count (the mouse
+    # crosses other views on its way to the panel).
+    VIEW_EVENTS = ("LeftButtonPressEvent", "RightButtonPressEvent", "MiddleButtonPressEvent",
+                   "MouseWheelForwardEvent", "MouseWheelBackwardEvent", "KeyPressEvent")
+
+    def observeSliceViews(self, *args):
+        layoutManager = slicer.app.layoutManager()
+        for name in layoutManager.sliceViewNames():
+            sliceWidget = layoutManager.sliceWidget(name)
+            interactor = sliceWidget.sliceView().interactor()
+            if interactor is None or interactor in self._observedInteractors:
+                continue
+            self._observedInteractors.add(interactor)
+            sliceNode = sliceWidget.mrmlSliceNode()
+            for event in self.VIEW_EVENTS:
+                self.addObserver(interactor, getattr(vtk.vtkCommand, event),
+                                 lambda caller, event, node=sliceNode: self.onViewUsed(node))
+
+    def onViewUsed(self, sliceNode):
+        if sliceNode is not self.activeSliceNode:
+            self.activeSliceNode = sliceNode
+            self.updateBoundsRange()
+
+    def activeView(self):
+        """The slice node of the view last clicked, scrolled or typed in (Red until then)."""
+        node = self.activeSliceNode
+        if node is None or node.GetScene() is None:
+            node = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        return node
 
     def viewAxis(self, volume):
-        """Propagation axis: the volume axis closest to the main (Red) view's normal."""
-        m = self.redSliceNode().GetSliceToRAS()
-        return geometry.slice_axis(volume, [m.GetElement(r, 2) for r in range(3)])
+        """Propagation axis: the axis Bottom/Top were set on; without bounds, the volume
+        axis closest to the active view's normal."""
+        if self.boundsAxis is not None and self.bounds() is not None:
+            return self.boundsAxis
+        return geometry.view_slice(volume, self.activeView())[0]
 
     def currentSliceIndex(self, volume, axis):
-        m = self.redSliceNode().GetSliceToRAS()
+        """The slice across ``axis`` through the active view's centre."""
+        m = self.activeView().GetSliceToRAS()
         return geometry.slice_index_at(volume, [m.GetElement(r, 3) for r in range(3)], axis)
 
     def markupsNode(self, name, create=True):
@@ -348,18 +392,40 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.checked = False
 
     def onSetBound(self, spinBox):
+        """The active view's current slice, counted across the axis that view looks
+        along. A bound set in a view looking along another axis than the other bound
+        clears the other one (the two must count the same slices)."""
         volume = self.ui.volumeSelector.currentNode()
         try:
             geometry.check_volume(volume)
-            axis = self.viewAxis(volume)
-            idx = self.currentSliceIndex(volume, axis)
+            axis, idx = geometry.view_slice(volume, self.activeView())
             n = geometry.volume_shape(volume)[axis]
-            self.updateBoundsRange()
             if not 0 <= idx < n:
                 raise ValueError(f"the current slice ({idx}) is outside the volume (0..{n - 1})")
+            other = self.ui.topSpinBox if spinBox is self.ui.bottomSpinBox else self.ui.bottomSpinBox
+            if self.boundsAxis is not None and axis != self.boundsAxis and other.value >= 0:
+                other.value = -1
+                self.showMessage(f"{self.activeView().GetName()} view: its slices run along another axis than "
+                                 "the other bound's; set that bound again in this view.", error=True)
+            self.boundsAxis = axis
+            self.updateBoundsRange()
             spinBox.value = idx
         except Exception as e:
             self.showMessage(str(e), error=True)
+
+    def showBounds(self, *args):
+        """Draw Bottom/Top in the slice views (planes on those slices; display only)."""
+        volume = self.ui.volumeSelector.currentNode()
+        try:
+            if self.boundsAxis is None and self.bounds() is not None and volume is not None \
+                    and volume.GetImageData() is not None:
+                self.boundsAxis = geometry.view_slice(volume, self.activeView())[0]   # typed numbers
+            if volume is None or volume.GetImageData() is None or self.boundsAxis is None:
+                boundsview.remove_bounds(slicer.mrmlScene)
+            else:
+                boundsview.show_bounds(slicer.mrmlScene, volume, self.boundsAxis, self.bounds())
+        except Exception as e:     # drawing must never get in the way of segmenting
+            logging.warning(f"RadSAM: could not draw the bounds: {e}")
 
     def onClearPrompts(self):
         for name in COLORS:
@@ -368,6 +434,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.RemoveAllControlPoints()
         self.ui.maskButton.checked = False
         self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
+        self.boundsAxis = None
+        self.showBounds()
 
     # -- actions -----------------------------------------------------------------------------
     def onSegment(self):
@@ -465,6 +533,10 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onVolumeChanged(self, node=None):
+        # Slice numbers belong to one volume: a new volume starts without bounds.
+        self.boundsAxis = None
+        self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
+        self.showBounds()
         self.updateBoundsRange()
         self.updateGUI()
 
@@ -474,7 +546,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         n = 0
         if volume is not None and volume.GetImageData() is not None:
             try:
-                n = geometry.volume_shape(volume)[self.viewAxis(volume)]
+                axis = self.boundsAxis if self.boundsAxis is not None else self.viewAxis(volume)
+                n = geometry.volume_shape(volume)[axis]
             except Exception:
                 n = 0
         for spinBox in (self.ui.bottomSpinBox, self.ui.topSpinBox):
