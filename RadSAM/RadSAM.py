@@ -100,6 +100,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.activeSliceNode = None
         self.boundsAxis = None
         self._observedInteractors = set()
+        self.installer = self.installThen = self.installDialog = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -139,6 +140,10 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(10)
         self.timer.timeout.connect(self.onTimer)
+        # First-use installs run in subprocesses; this timer reads their output.
+        self.installTimer = qt.QTimer()
+        self.installTimer.setInterval(100)
+        self.installTimer.timeout.connect(self.onInstallTimer)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
@@ -172,6 +177,9 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.exit()
         boundsview.remove_bounds(slicer.mrmlScene)
         self.timer.stop()
+        self.installTimer.stop()
+        if self.installer is not None:
+            self.installer.cancel()
         self.removeObservers()
         if self.logic is not None:
             self.logic.shutdown()
@@ -231,43 +239,74 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error("RadSAM failed", exc_info=exc)
             slicer.util.errorDisplay(text)
 
-    def ensureLogic(self):
-        """Install missing packages after asking (first use); then create the logic. The
-        question comes without a wait cursor; the installs show which package is being
-        installed (pip's own output goes to the Python console)."""
+    def ensureLogic(self, then=None):
+        """True when the logic is ready. On first use: ask once (no wait cursor), then
+        install what is missing in subprocesses (``dependencies.Installer``) while Slicer
+        stays responsive: a progress dialog shows the package and pip's latest output
+        line and can cancel. ``then`` runs once the installs succeed (the action that
+        needed them)."""
         if self.logic is not None:
             return True
-        dialog = None
-
-        def progress(done, total, requirement):
-            nonlocal dialog
-            if dialog is None:
-                dialog = slicer.util.createProgressDialog(
-                    parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
-                    maximum=total)
-            dialog.labelText = f"Installing {requirement} ({done + 1} of {total}); this can take minutes..." \
-                if requirement else "Installed."
-            dialog.value = done
-            slicer.app.processEvents()
-
+        if self.installer is not None:
+            self.showMessage("RadSAM is still installing its Python packages (see the progress window).")
+            return False
         try:
-            ready = dependencies.ensure(
-                confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
-                install_torch=dependencies.install_torch_with_pytorch_utils,
-                pip_install=slicer.util.pip_install, progress=progress)
+            todo = dependencies.to_install()
         except dependencies.DependencyError as e:
             self.showMessage(str(e), error=True)
             slicer.util.errorDisplay(str(e))
             return False
-        finally:
-            if dialog is not None:
-                dialog.close()
-        if not ready:
+        if not todo:
+            self.createLogic()
+            return True
+        if not slicer.util.confirmOkCancelDisplay(dependencies.question(todo), "RadSAM: first use"):
             self.showMessage("RadSAM needs its Python packages: press Segment again to install them.", error=True)
             return False
+        self.installer = dependencies.Installer(dependencies.install_steps(todo))
+        self.installThen = then
+        self.installDialog = slicer.util.createProgressDialog(
+            parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
+            labelText=self.installer.status(), maximum=len(self.installer.steps), value=0)
+        self.installDialog.canceled.connect(self.onInstallCancel)
+        self.showMessage("Installing RadSAM's Python packages; Slicer stays usable meanwhile.")
+        self.installTimer.start()
+        return False
+
+    def onInstallCancel(self):
+        if self.installer is not None:
+            self.installer.cancel()     # the timer reports it
+
+    def onInstallTimer(self):
+        installer = self.installer
+        if installer is None:
+            self.installTimer.stop()
+            return
+        for line in installer.poll():
+            logging.info(f"RadSAM install: {line}")      # pip's full output, in the Python console
+        if not installer.finished:
+            self.installDialog.labelText = installer.status()
+            self.installDialog.value = max(installer.index, 0)
+            return
+        self.installTimer.stop()
+        self.installer, then = None, self.installThen
+        self.installThen = None
+        self.installDialog.close()
+        self.installDialog = None
+        if installer.cancelled:
+            self.showMessage("Installation cancelled; what was installed stays. Press Segment to continue it.",
+                             error=True)
+        elif installer.error is not None:
+            self.showMessage(str(installer.error).splitlines()[0], error=True)
+            slicer.util.errorDisplay(str(installer.error))
+        else:
+            self.createLogic()
+            self.showMessage("RadSAM's Python packages are installed.")
+            if then is not None:
+                then()
+
+    def createLogic(self):
         self.logic = RadSAMLogic(slicer.mrmlScene)
         self.configureWriter()
-        return True
 
     def modelSpec(self):
         _, name, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
@@ -439,7 +478,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- actions -----------------------------------------------------------------------------
     def onSegment(self):
-        if not self.ensureLogic():
+        if not self.ensureLogic(then=self.onSegment):
             return
         try:
             self.logic.set_model(self.modelSpec())
@@ -462,7 +501,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(0, lambda: self.correctWithLastPoint(caller))
 
     def correctWithLastPoint(self, node):
-        if node.GetNumberOfControlPoints() == 0 or not self.ensureLogic():
+        if node.GetNumberOfControlPoints() == 0 or not self.ensureLogic(then=lambda: self.correctWithLastPoint(node)):
             return
         n = node.GetNumberOfControlPoints() - 1
         ras = [0.0, 0.0, 0.0]
