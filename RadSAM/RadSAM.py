@@ -557,6 +557,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         done, total = self.job.progress
         self.ui.progressBar.setMaximum(max(total, 1))
         self.ui.progressBar.setValue(done)
+        if self.editorStatusLabel is not None and total and self.logic.busy:   # the effect has no bar
+            self.editorStatusLabel.text = f"{done} / {total} slices (Cancel stops after the current slice)"
         if self.logic.busy:
             return
         self.timer.stop()
