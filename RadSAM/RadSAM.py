@@ -341,8 +341,10 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observedInteractors.add(interactor)
             sliceNode = sliceWidget.mrmlSliceNode()
             for event in self.VIEW_EVENTS:
+                # Above the view's own interactor style, which may abort an event it handles
+                # (placing a markup, scrolling); this observer only notes the view.
                 self.addObserver(interactor, getattr(vtk.vtkCommand, event),
-                                 lambda caller, event, node=sliceNode: self.onViewUsed(node))
+                                 lambda caller, event, node=sliceNode: self.onViewUsed(node), priority=2.0)
 
     def onViewUsed(self, sliceNode):
         if sliceNode is not self.activeSliceNode:
@@ -449,6 +451,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.boundsAxis = axis
             self.updateBoundsRange()
             spinBox.value = idx
+            self.showBounds()      # also when the number did not change but the axis did
         except Exception as e:
             self.showMessage(str(e), error=True)
 
