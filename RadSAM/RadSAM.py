@@ -621,6 +621,8 @@ class RadSAMTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_widget_loads()
         self.setUp()
+        self.test_bounds_follow_the_view_and_are_drawn()
+        self.setUp()
         self.test_segment_and_undo()
 
     def test_widget_loads(self):
@@ -631,6 +633,24 @@ class RadSAMTest(ScriptedLoadableModuleTest):
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
         self.assertIn("RadSAM", editorWidget.availableEffectNames())
+
+    def test_bounds_follow_the_view_and_are_drawn(self):
+        """Bottom/Top take the active view's slice across that view's axis, are drawn as
+        planes, and Clear removes them."""
+        import numpy as np
+        volume = slicer.util.addVolumeFromArray(np.zeros((20, 30, 40), np.int16), name="bounds test")
+        widget = slicer.util.getModuleWidget("RadSAM")
+        widget.ui.volumeSelector.setCurrentNode(volume)
+        yellow = slicer.app.layoutManager().sliceWidget("Yellow").mrmlSliceNode()
+        widget.onViewUsed(yellow)      # as a click in the Yellow (sagittal) view does
+        ras = geometry.kji_to_world(volume, np.array([10.0, 15.0, 7.0]))
+        yellow.JumpSliceByCentering(*ras)
+        widget.onSetBound(widget.ui.bottomSpinBox)
+        self.assertEqual((widget.boundsAxis, widget.ui.bottomSpinBox.value), (2, 7))
+        self.assertEqual(widget.ui.topSpinBox.maximum, 39)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName(boundsview.BOTTOM_NAME))
+        widget.onClearPrompts()
+        self.assertIsNone(slicer.mrmlScene.GetFirstNodeByName(boundsview.BOTTOM_NAME))
 
     def test_segment_and_undo(self):
         import numpy as np
