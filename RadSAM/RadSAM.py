@@ -266,8 +266,10 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.installThen = then
         self.installDialog = slicer.util.createProgressDialog(
             parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
-            labelText=self.installer.status(), maximum=len(self.installer.steps), value=0)
+            labelText=self.installer.status(), maximum=len(self.installer.steps), value=0,
+            windowModality=qt.Qt.NonModal, autoClose=False, autoReset=False)   # Slicer stays usable
         self.installDialog.canceled.connect(self.onInstallCancel)
+        self.installDialog.show()
         self.showMessage("Installing RadSAM's Python packages; Slicer stays usable meanwhile.")
         self.installTimer.start()
         return False

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 # (import name, requirement, where Slicer gets it: "pytorch" | "slicer" | "pip")
@@ -268,6 +269,7 @@ class Installer:
     def _start(self, n: int) -> None:
         self.index = n
         self._step_lines = []
+        self._step_started = time.monotonic()
         try:
             self.proc = self._launch(self.steps[n].argv, self._out)
         except OSError as e:
@@ -335,9 +337,12 @@ class Installer:
         self._finish()
 
     def status(self) -> str:
-        """One line for a progress dialog: the step and pip's latest meaningful line."""
+        """Two lines for a progress dialog: the step with its running time (it moves while
+        pip is silent, e.g. downloading torch), and pip's latest meaningful line."""
         step = self.current
         if step is None:
             return ""
         last = next((t for t in map(shown_line, reversed(self._step_lines)) if t), "starting...")
-        return f"Installing {step.requirement} ({self.index + 1} of {len(self.steps)})\n{last}"
+        seconds = int(time.monotonic() - self._step_started)
+        return (f"Installing {step.requirement} ({self.index + 1} of {len(self.steps)}, "
+                f"{seconds // 60} min {seconds % 60:02d} s)\n{last}")
