@@ -461,7 +461,9 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Draw Bottom/Top in the slice views (planes on those slices; display only)."""
         volume = self.ui.volumeSelector.currentNode()
         try:
-            if self.boundsAxis is None and self.bounds() is not None and volume is not None \
+            if self.bounds() is None:
+                self.boundsAxis = None     # no bounds: the next ones follow the active view
+            elif self.boundsAxis is None and volume is not None \
                     and volume.GetImageData() is not None:
                 self.boundsAxis = geometry.view_slice(volume, self.activeView())[0]   # typed numbers
             if volume is None or volume.GetImageData() is None or self.boundsAxis is None:
@@ -478,7 +480,6 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.RemoveAllControlPoints()
         self.ui.maskButton.checked = False
         self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
-        self.boundsAxis = None
         self.showBounds()
 
     # -- actions -----------------------------------------------------------------------------
@@ -580,7 +581,6 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onVolumeChanged(self, node=None):
         # Slice numbers belong to one volume: a new volume starts without bounds.
-        self.boundsAxis = None
         self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
         self.showBounds()
         self.updateBoundsRange()
@@ -592,8 +592,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         n = 0
         if volume is not None and volume.GetImageData() is not None:
             try:
-                axis = self.boundsAxis if self.boundsAxis is not None else self.viewAxis(volume)
-                n = geometry.volume_shape(volume)[axis]
+                n = geometry.volume_shape(volume)[self.viewAxis(volume)]
             except Exception:
                 n = 0
         for spinBox in (self.ui.bottomSpinBox, self.ui.topSpinBox):
