@@ -117,6 +117,10 @@ def test_bounds_are_drawn_on_their_slices_and_removed(name):
             node.GetNormalWorld(normal)
             ijk_dir = a[:3, 2 - axis] / np.linalg.norm(a[:3, 2 - axis])
             assert abs(abs(np.dot(normal, ijk_dir)) - 1) < 1e-6         # across that axis
+            # It covers the whole slice: voxel counts times spacings, in mm.
+            size = [0.0, 0.0]
+            node.GetSize(size)
+            assert np.allclose(size, [np.linalg.norm(a[:3, 2 - n]) * shape[n] for n in rest])
             assert node.GetLocked() and not node.GetSaveWithScene()
         # Updating moves the same nodes; a bound not set removes its plane.
         again = bd.show_bounds(mrml.scene, vol, axis, (7, shape[axis]))   # past the end: not drawn
