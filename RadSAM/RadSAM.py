@@ -17,6 +17,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic is the module's logic)
+from RadSAMSlicerLib import bounds as boundsview
 from RadSAMSlicerLib import dependencies, editor, geometry, segmentio
 from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
@@ -94,6 +95,12 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._shortcuts = []
         self.editorEffect = None     # the Segment Editor effect RadSAM writes through, if any
         self.editorStatusLabel = None
+        # The slice view RadSAM counts slices in: the one last clicked, scrolled or typed
+        # in (Red until then). Bottom/Top remember the axis they were set on.
+        self.activeSliceNode = None
+        self.boundsAxis = None
+        self._observedInteractors = set()
+        self.installer = self.installThen = self.installDialog = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -120,6 +127,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.pointNegativeButton, FIX_NEGATIVE_NAME if self.ui.editModeCheckBox.checked else NEGATIVE_NAME))
         self.ui.bottomButton.clicked.connect(lambda: self.onSetBound(self.ui.bottomSpinBox))
         self.ui.topButton.clicked.connect(lambda: self.onSetBound(self.ui.topSpinBox))
+        self.ui.bottomSpinBox.valueChanged.connect(self.showBounds)
+        self.ui.topSpinBox.valueChanged.connect(self.showBounds)
         self.ui.segmentButton.clicked.connect(self.onSegment)
         self.ui.clearPromptsButton.clicked.connect(self.onClearPrompts)
         self.ui.undoButton.clicked.connect(lambda: self.onHistory("undo"))
@@ -131,16 +140,23 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(10)
         self.timer.timeout.connect(self.onTimer)
+        # First-use installs run in subprocesses; this timer reads their output.
+        self.installTimer = qt.QTimer()
+        self.installTimer.setInterval(100)
+        self.installTimer.timeout.connect(self.onInstallTimer)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
+        self.observeSliceViews()
+        slicer.app.layoutManager().layoutChanged.connect(self.observeSliceViews)
         self.updateGUI()
 
     # -- module lifecycle --------------------------------------------------------------------
     def enter(self):
+        self.observeSliceViews()
         self.removeShortcuts()
         for name, key in SHORTCUTS.items():
             shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
@@ -159,7 +175,11 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self.exit()
+        boundsview.remove_bounds(slicer.mrmlScene)
         self.timer.stop()
+        self.installTimer.stop()
+        if self.installer is not None:
+            self.installer.cancel()
         self.removeObservers()
         if self.logic is not None:
             self.logic.shutdown()
@@ -219,43 +239,76 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error("RadSAM failed", exc_info=exc)
             slicer.util.errorDisplay(text)
 
-    def ensureLogic(self):
-        """Install missing packages after asking (first use); then create the logic. The
-        question comes without a wait cursor; the installs show which package is being
-        installed (pip's own output goes to the Python console)."""
+    def ensureLogic(self, then=None):
+        """True when the logic is ready. On first use: ask once (no wait cursor), then
+        install what is missing in subprocesses (``dependencies.Installer``) while Slicer
+        stays responsive: a progress dialog shows the package and pip's latest output
+        line and can cancel. ``then`` runs once the installs succeed (the action that
+        needed them)."""
         if self.logic is not None:
             return True
-        dialog = None
-
-        def progress(done, total, requirement):
-            nonlocal dialog
-            if dialog is None:
-                dialog = slicer.util.createProgressDialog(
-                    parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
-                    maximum=total)
-            dialog.labelText = f"Installing {requirement} ({done + 1} of {total}); this can take minutes..." \
-                if requirement else "Installed."
-            dialog.value = done
-            slicer.app.processEvents()
-
+        if self.installer is not None:
+            self.showMessage("RadSAM is still installing its Python packages (see the progress window).")
+            return False
         try:
-            ready = dependencies.ensure(
-                confirm=lambda text: slicer.util.confirmOkCancelDisplay(text, "RadSAM: first use"),
-                install_torch=dependencies.install_torch_with_pytorch_utils,
-                pip_install=slicer.util.pip_install, progress=progress)
+            todo = dependencies.to_install()
         except dependencies.DependencyError as e:
             self.showMessage(str(e), error=True)
             slicer.util.errorDisplay(str(e))
             return False
-        finally:
-            if dialog is not None:
-                dialog.close()
-        if not ready:
+        if not todo:
+            self.createLogic()
+            return True
+        if not slicer.util.confirmOkCancelDisplay(dependencies.question(todo), "RadSAM: first use"):
             self.showMessage("RadSAM needs its Python packages: press Segment again to install them.", error=True)
             return False
+        self.installer = dependencies.Installer(dependencies.install_steps(todo))
+        self.installThen = then
+        self.installDialog = slicer.util.createProgressDialog(
+            parent=slicer.util.mainWindow(), windowTitle="RadSAM: installing Python packages",
+            labelText=self.installer.status(), maximum=len(self.installer.steps), value=0,
+            windowModality=qt.Qt.NonModal, autoClose=False, autoReset=False)   # Slicer stays usable
+        self.installDialog.canceled.connect(self.onInstallCancel)
+        self.installDialog.show()
+        self.showMessage("Installing RadSAM's Python packages; Slicer stays usable meanwhile.")
+        self.installTimer.start()
+        return False
+
+    def onInstallCancel(self):
+        if self.installer is not None:
+            self.installer.cancel()     # the timer reports it
+
+    def onInstallTimer(self):
+        installer = self.installer
+        if installer is None:
+            self.installTimer.stop()
+            return
+        for line in installer.poll():
+            logging.info(f"RadSAM install: {line}")      # pip's full output, in the Python console
+        if not installer.finished:
+            self.installDialog.labelText = installer.status()
+            self.installDialog.value = max(installer.index, 0)
+            return
+        self.installTimer.stop()
+        self.installer, then = None, self.installThen
+        self.installThen = None
+        self.installDialog.close()
+        self.installDialog = None
+        if installer.cancelled:
+            self.showMessage("Installation cancelled; what was installed stays. Press Segment to continue it.",
+                             error=True)
+        elif installer.error is not None:
+            self.showMessage(str(installer.error).splitlines()[0], error=True)
+            slicer.util.errorDisplay(str(installer.error))
+        else:
+            self.createLogic()
+            self.showMessage("RadSAM's Python packages are installed.")
+            if then is not None:
+                then()
+
+    def createLogic(self):
         self.logic = RadSAMLogic(slicer.mrmlScene)
         self.configureWriter()
-        return True
 
     def modelSpec(self):
         _, name, needsFile = MODELS[self.ui.modelComboBox.currentIndex]
@@ -273,16 +326,50 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return "soft-tissue"
         return Window.from_level(display.GetWindow(), display.GetLevel())
 
-    def redSliceNode(self):
-        return slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+    # -- the view the user is in --------------------------------------------------------------
+    # Events that mean "the user works in this view": clicks (placing included), scrolling
+    # through slices with the wheel or the keyboard. Hovering does not count (the mouse
+    # crosses other views on its way to the panel).
+    VIEW_EVENTS = ("LeftButtonPressEvent", "RightButtonPressEvent", "MiddleButtonPressEvent",
+                   "MouseWheelForwardEvent", "MouseWheelBackwardEvent", "KeyPressEvent")
+
+    def observeSliceViews(self, *args):
+        layoutManager = slicer.app.layoutManager()
+        for name in layoutManager.sliceViewNames():
+            sliceWidget = layoutManager.sliceWidget(name)
+            interactor = sliceWidget.sliceView().interactor()
+            if interactor is None or interactor in self._observedInteractors:
+                continue
+            self._observedInteractors.add(interactor)
+            sliceNode = sliceWidget.mrmlSliceNode()
+            for event in self.VIEW_EVENTS:
+                # Above the view's own interactor style, which may abort an event it handles
+                # (placing a markup, scrolling); this observer only notes the view.
+                self.addObserver(interactor, getattr(vtk.vtkCommand, event),
+                                 lambda caller, event, node=sliceNode: self.onViewUsed(node), priority=2.0)
+
+    def onViewUsed(self, sliceNode):
+        if sliceNode is not self.activeSliceNode:
+            self.activeSliceNode = sliceNode
+            self.updateBoundsRange()
+
+    def activeView(self):
+        """The slice node of the view last clicked, scrolled or typed in (Red until then)."""
+        node = self.activeSliceNode
+        if node is None or node.GetScene() is None:
+            node = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+        return node
 
     def viewAxis(self, volume):
-        """Propagation axis: the volume axis closest to the main (Red) view's normal."""
-        m = self.redSliceNode().GetSliceToRAS()
-        return geometry.slice_axis(volume, [m.GetElement(r, 2) for r in range(3)])
+        """Propagation axis: the axis Bottom/Top were set on; without bounds, the volume
+        axis closest to the active view's normal."""
+        if self.boundsAxis is not None and self.bounds() is not None:
+            return self.boundsAxis
+        return geometry.view_slice(volume, self.activeView())[0]
 
     def currentSliceIndex(self, volume, axis):
-        m = self.redSliceNode().GetSliceToRAS()
+        """The slice across ``axis`` through the active view's centre."""
+        m = self.activeView().GetSliceToRAS()
         return geometry.slice_index_at(volume, [m.GetElement(r, 3) for r in range(3)], axis)
 
     def markupsNode(self, name, create=True):
@@ -348,18 +435,43 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.checked = False
 
     def onSetBound(self, spinBox):
+        """The active view's current slice, counted across the axis that view looks
+        along. A bound set in a view looking along another axis than the other bound
+        clears the other one (the two must count the same slices)."""
         volume = self.ui.volumeSelector.currentNode()
         try:
             geometry.check_volume(volume)
-            axis = self.viewAxis(volume)
-            idx = self.currentSliceIndex(volume, axis)
+            axis, idx = geometry.view_slice(volume, self.activeView())
             n = geometry.volume_shape(volume)[axis]
-            self.updateBoundsRange()
             if not 0 <= idx < n:
                 raise ValueError(f"the current slice ({idx}) is outside the volume (0..{n - 1})")
+            other = self.ui.topSpinBox if spinBox is self.ui.bottomSpinBox else self.ui.bottomSpinBox
+            if self.boundsAxis is not None and axis != self.boundsAxis and other.value >= 0:
+                other.value = -1
+                self.showMessage(f"{self.activeView().GetName()} view: its slices run along another axis than "
+                                 "the other bound's; set that bound again in this view.", error=True)
+            self.boundsAxis = axis
+            self.updateBoundsRange()
             spinBox.value = idx
+            self.showBounds()      # also when the number did not change but the axis did
         except Exception as e:
             self.showMessage(str(e), error=True)
+
+    def showBounds(self, *args):
+        """Draw Bottom/Top in the slice views (planes on those slices; display only)."""
+        volume = self.ui.volumeSelector.currentNode()
+        try:
+            if self.bounds() is None:
+                self.boundsAxis = None     # no bounds: the next ones follow the active view
+            elif self.boundsAxis is None and volume is not None \
+                    and volume.GetImageData() is not None:
+                self.boundsAxis = geometry.view_slice(volume, self.activeView())[0]   # typed numbers
+            if volume is None or volume.GetImageData() is None or self.boundsAxis is None:
+                boundsview.remove_bounds(slicer.mrmlScene)
+            else:
+                boundsview.show_bounds(slicer.mrmlScene, volume, self.boundsAxis, self.bounds())
+        except Exception as e:     # drawing must never get in the way of segmenting
+            logging.warning(f"RadSAM: could not draw the bounds: {e}")
 
     def onClearPrompts(self):
         for name in COLORS:
@@ -368,10 +480,11 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 node.RemoveAllControlPoints()
         self.ui.maskButton.checked = False
         self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
+        self.showBounds()
 
     # -- actions -----------------------------------------------------------------------------
     def onSegment(self):
-        if not self.ensureLogic():
+        if not self.ensureLogic(then=self.onSegment):
             return
         try:
             self.logic.set_model(self.modelSpec())
@@ -394,7 +507,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(0, lambda: self.correctWithLastPoint(caller))
 
     def correctWithLastPoint(self, node):
-        if node.GetNumberOfControlPoints() == 0 or not self.ensureLogic():
+        if node.GetNumberOfControlPoints() == 0 or not self.ensureLogic(then=lambda: self.correctWithLastPoint(node)):
             return
         n = node.GetNumberOfControlPoints() - 1
         ras = [0.0, 0.0, 0.0]
@@ -450,6 +563,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         done, total = self.job.progress
         self.ui.progressBar.setMaximum(max(total, 1))
         self.ui.progressBar.setValue(done)
+        if self.editorStatusLabel is not None and total and self.logic.busy:   # the effect has no bar
+            self.editorStatusLabel.text = f"{done} / {total} slices (Cancel stops after the current slice)"
         if self.logic.busy:
             return
         self.timer.stop()
@@ -465,6 +580,9 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def onVolumeChanged(self, node=None):
+        # Slice numbers belong to one volume: a new volume starts without bounds.
+        self.ui.bottomSpinBox.value = self.ui.topSpinBox.value = -1
+        self.showBounds()
         self.updateBoundsRange()
         self.updateGUI()
 
@@ -504,6 +622,8 @@ class RadSAMTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_widget_loads()
         self.setUp()
+        self.test_bounds_follow_the_view_and_are_drawn()
+        self.setUp()
         self.test_segment_and_undo()
 
     def test_widget_loads(self):
@@ -514,6 +634,24 @@ class RadSAMTest(ScriptedLoadableModuleTest):
         editorWidget = slicer.qMRMLSegmentEditorWidget()
         editorWidget.setMRMLScene(slicer.mrmlScene)
         self.assertIn("RadSAM", editorWidget.availableEffectNames())
+
+    def test_bounds_follow_the_view_and_are_drawn(self):
+        """Bottom/Top take the active view's slice across that view's axis, are drawn as
+        planes, and Clear removes them."""
+        import numpy as np
+        volume = slicer.util.addVolumeFromArray(np.zeros((20, 30, 40), np.int16), name="bounds test")
+        widget = slicer.util.getModuleWidget("RadSAM")
+        widget.ui.volumeSelector.setCurrentNode(volume)
+        yellow = slicer.app.layoutManager().sliceWidget("Yellow").mrmlSliceNode()
+        widget.onViewUsed(yellow)      # as a click in the Yellow (sagittal) view does
+        ras = geometry.kji_to_world(volume, np.array([10.0, 15.0, 7.0]))
+        yellow.JumpSliceByCentering(*ras)
+        widget.onSetBound(widget.ui.bottomSpinBox)
+        self.assertEqual((widget.boundsAxis, widget.ui.bottomSpinBox.value), (2, 7))
+        self.assertEqual(widget.ui.topSpinBox.maximum, 39)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName(boundsview.BOTTOM_NAME))
+        widget.onClearPrompts()
+        self.assertIsNone(slicer.mrmlScene.GetFirstNodeByName(boundsview.BOTTOM_NAME))
 
     def test_segment_and_undo(self):
         import numpy as np

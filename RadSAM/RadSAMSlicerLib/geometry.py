@@ -145,3 +145,35 @@ def slice_index_at(volume_node, ras, axis: int) -> int:
     """Index of the slice across ``axis`` nearest to world RAS point ``ras`` (not clipped)."""
     s, _, _ = split_kji(world_to_kji(volume_node, ras), axis)
     return int(np.floor(float(s) + 0.5))
+
+
+def view_slice(volume_node, slice_node) -> tuple:
+    """``(axis, index)`` of a slice view (a ``vtkMRMLSliceNode``) on ``volume_node``: the
+    numpy axis whose world direction is closest to the view's normal (:func:`slice_axis`)
+    and the index of the slice across it through the view's centre. Bounds, the prompt's
+    slice and the mask slice are counted this way, so they are the slices the user is
+    looking at whatever the volume's orientation (oblique, flipped, under a transform).
+    The index is not clipped: a view outside the volume gives one out of range."""
+    m = matrix_to_numpy(slice_node.GetSliceToRAS())
+    axis = slice_axis(volume_node, m[:3, 2])
+    return axis, slice_index_at(volume_node, m[:3, 3], axis)
+
+
+def slice_plane(volume_node, axis: int, idx: int) -> tuple:
+    """World ``(centre, unit normal, in-plane unit axes (2, 3), in-plane sizes (2,) in mm)`` of the
+    volume's slice ``idx`` across numpy ``axis``: the rectangle covering that slice (voxel
+    centres plus half a voxel), e.g. to draw a bound in the slice views."""
+    a = ijk_to_world(volume_node)
+    shape = volume_shape(volume_node)
+    centre_kji = [(n - 1) / 2.0 for n in shape]
+    centre_kji[axis] = float(idx)
+    centre = kji_to_world(volume_node, np.array(centre_kji))
+    rest = [2 - n for n in range(3) if n != axis]       # IJK columns of the two in-plane axes
+    cols = a[:3, rest]
+    lengths = np.linalg.norm(cols, axis=0)
+    sizes = np.array([lengths[n] * shape[2 - c] for n, c in enumerate(rest)])
+    axes = (cols / lengths).T
+    # Right-handed (u, v, normal), as a markups plane needs; the normal runs along the
+    # slice axis, either way (a sheared grid would tilt it: CT grids are not sheared).
+    normal = np.cross(axes[0], axes[1])
+    return centre, normal / np.linalg.norm(normal), axes, sizes

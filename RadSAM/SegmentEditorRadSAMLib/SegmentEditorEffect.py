@@ -17,8 +17,11 @@ BUTTONS = (
     ("boxButton", "Box", "Click two opposite corners of a box around the organ on one slice"),
     ("pointPositiveButton", "Point +", "Click inside the organ (in Edit mode: a correction that adds)"),
     ("pointNegativeButton", "Point -", "Click outside the organ (in Edit mode: a correction that removes)"),
-    ("bottomButton", "Bottom", "The organ's bottom slice: the current slice"),
-    ("topButton", "Top", "The organ's top slice: the current slice"),
+    ("maskButton", "Mask", "Use the segment's current mask on the current slice as the prompt"),
+    ("bottomButton", "Bottom", "The organ's bottom slice: the current slice of the slice view last clicked or "
+                               "scrolled in (Shift+End while the RadSAM module is shown)"),
+    ("topButton", "Top", "The organ's top slice: the current slice of the slice view last clicked or "
+                         "scrolled in"),
     ("segmentButton", "Segment", "Segment from the prompt, slice by slice to the bottom and the top"),
     ("cancelButton", "Cancel", "Stop after the current slice (Undo takes back what was written)"),
     ("clearPromptsButton", "Clear", "Remove the box, points and bounds"),
@@ -48,16 +51,28 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "<b>Edit mode</b> to correct with single clicks. The editor's masking settings apply, and "
                 "each step is one Segment Editor undo step. Model and bounds: the RadSAM module.</html>")
 
+    # Buttons that stay pressed while their mode lasts (placing, the mask prompt); they
+    # mirror the module's, which follow the interaction mode (a placed box, Esc, right click).
+    CHECKABLE = ("boxButton", "pointPositiveButton", "pointNegativeButton", "maskButton")
+
     def setupOptionsFrame(self):
-        rows = (BUTTONS[:5], BUTTONS[5:])
+        self.buttons = {}
+        self._mirrored = False
+        rows = (BUTTONS[:4], BUTTONS[4:7], BUTTONS[7:])
         for row in rows:
             layout = qt.QHBoxLayout()
             for name, label, tip in row:
                 button = qt.QPushButton(label)
                 button.toolTip = tip
+                button.checkable = name in self.CHECKABLE
                 button.connect("clicked()", lambda name=name: self.click(name))
                 layout.addWidget(button)
+                self.buttons[name] = button
             self.scriptedEffect.addOptionsWidget(layout)
+        self.boundsLabel = qt.QLabel("Bottom: not set   Top: not set")
+        self.boundsLabel.toolTip = ("Shown as lines in the slice views; the numbers can be typed in the RadSAM "
+                                    "module, with the model, device and window.")
+        self.scriptedEffect.addOptionsWidget(self.boundsLabel)
         self.editModeCheckBox = qt.QCheckBox("Edit mode (each click corrects its slice)")
         self.editModeCheckBox.connect("toggled(bool)", self.onEditMode)
         self.scriptedEffect.addOptionsWidget(self.editModeCheckBox)
@@ -76,10 +91,26 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         volume = node.GetSourceVolumeNode() if hasattr(node, "GetSourceVolumeNode") else node.GetMasterVolumeNode()
         widget.useSegmentEditor(self.scriptedEffect, node.GetSegmentationNode(), node.GetSelectedSegmentID(),
                                 volume, self.statusLabel)
+        if not self._mirrored:   # once: the module's pressed state and bounds show here
+            self._mirrored = True
+            for name in self.CHECKABLE:
+                getattr(widget.ui, name).connect("toggled(bool)", self.buttons[name], "setChecked(bool)")
+            for spinBox in (widget.ui.bottomSpinBox, widget.ui.topSpinBox):
+                spinBox.connect("valueChanged(int)", lambda value: self.updateBoundsLabel())
+        self.updateBoundsLabel()
         return widget
 
+    def updateBoundsLabel(self):
+        ui = self.moduleWidget().ui
+        text = [f"{what}: {box.value if box.value >= 0 else 'not set'}"
+                for what, box in (("Bottom", ui.bottomSpinBox), ("Top", ui.topSpinBox))]
+        self.boundsLabel.text = "   ".join(text)
+
     def click(self, name):
-        getattr(self.attach().ui, name).click()   # a checkable button toggles, as in the module
+        ui = self.attach().ui
+        getattr(ui, name).click()   # a checkable button toggles, as in the module
+        if name in self.CHECKABLE:
+            self.buttons[name].checked = getattr(ui, name).checked
 
     def onEditMode(self, checked):
         self.attach().ui.editModeCheckBox.checked = checked
@@ -88,4 +119,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.attach()
 
     def deactivate(self):
-        self.moduleWidget().useSegmentEditor(None)
+        widget = self.moduleWidget()
+        widget.stopPlacing()
+        widget.useSegmentEditor(None)

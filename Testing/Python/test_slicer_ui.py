@@ -127,3 +127,27 @@ def test_the_module_defaults_to_radsamlibs_default_model():
     sys.path.insert(0, str(ROOT / "RadSAM"))
     from RadSAMSlicerLib import ModelSpec
     assert ModelSpec().name == DEFAULT_MODEL
+
+
+EFFECT = ROOT / "RadSAM" / "SegmentEditorRadSAMLib" / "SegmentEditorEffect.py"
+
+
+def test_the_editor_effect_drives_module_widgets_that_exist():
+    """The effect's buttons click the module's by name, and its pressed buttons mirror
+    the module's checkable ones: every name must be in RadSAM.ui, with that property."""
+    _, widgets, _ = ui_widgets()
+    tree = ast.parse(EFFECT.read_text())
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id in ("BUTTONS", "CHECKABLE"):
+            names[node.targets[0].id] = ast.literal_eval(node.value)
+    buttons = [b[0] for b in names["BUTTONS"]]
+    assert set(names["CHECKABLE"]) <= set(buttons)
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "ui"}
+    for name in set(buttons) | used:
+        assert name in widgets, f"the effect uses {name}, absent from RadSAM.ui"
+    for name in names["CHECKABLE"]:
+        prop = widgets[name].find("./property[@name='checkable']/bool")
+        assert prop is not None and prop.text == "true", f"{name} is mirrored as pressed but is not checkable"
