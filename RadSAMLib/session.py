@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import clicks as clicks_mod
 from .engine import SliceEngine, SliceResult, slice_index
 from .errors import BoundsError, PromptError
 from .metrics import dice
@@ -79,15 +80,18 @@ class Session:
     ``progress(done, total)`` is called after each slice; ``on_slice(idx, result)`` with
     each slice's :class:`SliceResult` (``None`` when a slice was cleared). Both run on the
     thread that called the interaction. ``engine_options`` go to :class:`SliceEngine`
-    (e.g. ``encoder_backend="torch"`` to force eager PyTorch).
+    (e.g. ``encoder_backend="torch"`` to force eager PyTorch). ``clicks``: how point
+    prompts and correction clicks are answered (:class:`RadSAMLib.clicks.ClickConfig` or
+    a preset name; default ``"default"``).
     """
 
     def __init__(self, model, volume: np.ndarray, axis: int = 0, window: Window = Window(),
                  strategy=None, progress=None, on_slice=None, engine: SliceEngine | None = None,
-                 **engine_options):
+                 clicks=None, **engine_options):
         self.engine = engine or SliceEngine(model, volume, axis=axis, window=window, **engine_options)
         self.model = self.engine.model
         self.strategy = Strategy.parse(strategy, self.model.info.default_strategy)
+        self.clicks = clicks_mod.ClickConfig.parse(clicks)
         self.mask = np.zeros(self.engine.volume.shape, dtype=np.uint8)
         self.scores = np.full(self.engine.num_slices, np.nan, dtype=np.float32)
         self.anchors: dict[int, SlicePrompt] = {}
@@ -145,7 +149,7 @@ class Session:
             self.bounds = bounds
             self.mode = "volume"
             self._total = (hi - lo + 1)
-            self._write(idx, self.engine.predict(idx, first), source=idx)
+            self._write(idx, clicks_mod.predict_prompt(self.engine, idx, first, self.clicks), source=idx)
             self._propagate(idx, +1)
             self._propagate(idx, -1)
         return self._interaction(run)
@@ -195,7 +199,7 @@ class Session:
             self._total = len(order)
             for idx in order:
                 self._check_cancel()
-                self._write(idx, self.engine.predict(idx, prompts[idx]), source=idx)
+                self._write(idx, clicks_mod.predict_prompt(self.engine, idx, prompts[idx], self.clicks), source=idx)
         return self._interaction(run)
 
     def undo(self) -> Change:
@@ -305,41 +309,8 @@ class Session:
         return abs(k - idx) - 1
 
     def _edit_slice(self, idx: int, anchor: SlicePrompt, prev: np.ndarray) -> SliceResult:
-        """Re-run a corrected slice. The model is asked twice, with the strategy's prompt
-        and with the current mask as mask prompt (both plus all clicks on the slice); of
-        the 8 masks, the one that agrees with every click and changes the current mask
-        least wins. A click is a local fact: the user expects that part fixed, not the
-        slice redrawn (the base model, given a negative click, may jump to another organ)."""
-        pts, labs = anchor.points, anchor.labels
-        if anchor.box is not None:  # the user's own box stays the box of that slice
-            prompts = [SlicePrompt(box=anchor.box, points=pts, labels=labs)]
-        elif not prev.any():
-            prompts = [SlicePrompt(points=pts, labels=labs)]
-        else:
-            prompts = [self.strategy.prompt_from_mask(prev, self.engine.frame.scale, pts, labs)]
-        if prev.any():
-            prompts.append(SlicePrompt(box=anchor.box, points=pts, labels=labs, mask=prev))
-        results = [self.engine.predict(idx, p) for p in prompts]
-        xy = np.round(np.asarray(pts)).astype(int)
-        best, best_key = None, None
-        for r in results:
-            for n, m in enumerate(r.masks):
-                # Base LiteMedSAM was trained on boxes only and often ignores clicks; then
-                # no mask honours them, and the least change to the current mask wins.
-                # A mask that honours the clicks but redraws the slice (Dice < 0.5 with the
-                # current one) is a jump to another structure, not a correction.
-                near = dice(m, prev) if prev.any() else 0.0
-                honours = all(bool(m[y, x]) == bool(lab) for (x, y), lab in zip(xy, labs))
-                key = (honours and (near >= 0.5 or not prev.any()), near, float(r.scores[n]))
-                if best_key is None or key > best_key:
-                    best, best_key = (r, n), key
-        r, n = best
-        order = [n] + [i for i in range(4) if i != n]
-        masks = r.masks[order]
-        if prev.any():
-            masks = masks.copy()
-            masks[0] = _local_edit(prev, masks[0], xy, labs)
-        return SliceResult(masks=masks, scores=r.scores[order], logits=r.logits)
+        """Re-run a corrected slice with its current mask and all its clicks (clicks.py)."""
+        return clicks_mod.edit_slice(self.engine, self.strategy, idx, anchor, prev, self.clicks)
 
     def _propagate(self, start: int, direction: int, converge: bool = False):
         """Prompt each slice from its neighbour, from ``start`` outward to the bound or the
@@ -371,26 +342,3 @@ class Session:
             prev = r.mask
             k += direction
 
-
-def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray, labels) -> np.ndarray:
-    """``prev`` changed by ``new`` only where the user asked: near a positive click ``new``
-    may only add, near a negative click it may only remove, and nothing else changes.
-
-    A click is a local fact. The base LiteMedSAM (trained on boxes only) answers a click by
-    redrawing the whole slice, often worse, and even the fine-tune, given a negative click
-    on a leak, grew the liver's edge elsewhere (+216 pixels for 141 removed). Near: within
-    half the object's equivalent diameter (at least 3 pixels) of the click."""
-    radius = max(3.0, 0.5 * np.sqrt(4.0 * prev.sum() / np.pi))
-    rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
-    out = prev.copy()
-    for (x, y), lab in zip(clicks, labels):
-        near = (cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2
-        if lab:
-            out |= near & new
-        else:
-            out &= ~(near & ~new)
-    # The clicked pixel is the user's own statement: it holds even where no answer of the
-    # model does (else a click could change nothing at all).
-    for (x, y), lab in zip(clicks, labels):
-        out[int(y), int(x)] = bool(lab)
-    return out

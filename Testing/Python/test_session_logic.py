@@ -161,8 +161,10 @@ def test_slice_level_prompting_runs_each_slice_on_its_own(volume):
     ch = s.segment_slices({2: SlicePrompt(box=(1, 1, 5, 5)), 6: SlicePrompt(points=[(30, 30)], labels=[1])})
     assert ch.slices == [2, 6]
     assert s.mask[2].sum() == 25 and s.mask[6, 30, 30] and s.mask[3:6].sum() == 0
+    before = s.mask[6].sum()
     s.edit(6, (30, 30), positive=False)   # slice mode: no propagation
-    assert s.mask[6].sum() == 0 and s.mask[2].sum() == 25
+    assert not s.mask[6, 30, 30] and s.mask[6].sum() < before
+    assert s.mask[2].sum() == 25 and s.mask[3:6].sum() == 0 and s.mask[7:].sum() == 0
 
 
 @pytest.mark.parametrize("prompt, bounds, err, words", [
