@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .clicks import ClickConfig
 from .errors import RadSAMError
 from .propagation import Strategy
 
@@ -26,6 +27,10 @@ class RadSAMConfig:
         ``hybrid[:margin[:grow]]`` (see :mod:`RadSAMLib.propagation`); a spec string is
         parsed here. ``None`` (or ``"auto"``): the model's own default, named by its weights (the base
         LiteMedSAM's ``box``; the bundled RadSAM fine-tune's ``hybrid:5``).
+      clicks (ClickConfig, str or None): how point-only prompts and correction clicks are
+        answered (:mod:`RadSAMLib.clicks`): a preset name (``default``; ``legacy``, the
+        rules before issue 12, kept to be measured against) or a ``ClickConfig``.
+        ``None``: ``default``.
       converge_dice (float): re-propagation after a correction click stops at the first
         slice whose new mask has at least this Dice with its old one: from there on the old
         result is what the new one would be, and rewriting it would only cost time.
@@ -42,6 +47,7 @@ class RadSAMConfig:
     """
 
     strategy: Strategy | None = None
+    clicks: ClickConfig | None = None
     converge_dice: float = 0.99
     min_score: float = 0.5
     min_pixels: int = 1
@@ -53,6 +59,7 @@ class RadSAMConfig:
             object.__setattr__(self, "strategy", None)
         if self.strategy is not None and not isinstance(self.strategy, Strategy):
             object.__setattr__(self, "strategy", Strategy.parse(self.strategy))
+        object.__setattr__(self, "clicks", ClickConfig.parse(self.clicks))
         if not 0.0 <= self.converge_dice <= 2.0:   # above 1: never converge (every slice rewritten)
             raise RadSAMError(f"converge_dice must be in 0..2, got {self.converge_dice}")
         for name in ("min_pixels", "prefetch_batch", "encoder_batch"):

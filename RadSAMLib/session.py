@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import clicks as clicks_mod
 from .config import RadSAMConfig
 from .engine import SliceEngine, SliceResult
 from .errors import PromptError, RadSAMError
-from .metrics import dice
 from .preprocess import Window
 from .propagation import propagate
 from .prompts import SlicePrompt
@@ -224,7 +224,7 @@ class Session:
             self.engine.prefetch([idx] + list(range(idx + 1, hi + 1)) + list(range(idx - 1, lo - 1, -1)))
 
             def steps():
-                yield idx, self.engine.predict(idx, first), idx
+                yield idx, clicks_mod.predict_prompt(self.engine, idx, first, self.config.clicks), idx
                 yield from self._propagation(idx, +1)
                 yield from self._propagation(idx, -1)
             return hi - lo + 1, steps()
@@ -267,7 +267,8 @@ class Session:
             self.bounds = (order[0], order[-1])
             self.mode = "slice"
             self.engine.prefetch(order)
-            return len(order), ((idx, self.engine.predict(idx, prompts[idx]), idx) for idx in order)
+            return len(order), ((idx, clicks_mod.predict_prompt(self.engine, idx, prompts[idx], self.config.clicks), idx)
+                                for idx in order)
         return Interaction(self, plan)
 
     def segment(self, slice_idx: int, prompt: SlicePrompt, bounds=None) -> Change:
@@ -420,62 +421,5 @@ class Session:
                              old=self.slice_mask if converge else None, converge_dice=c.converge_dice)
 
     def _edit_slice(self, idx: int, anchor: SlicePrompt, prev: np.ndarray) -> SliceResult:
-        """Re-run a corrected slice. The model is asked twice, with the strategy's prompt
-        and with the current mask as mask prompt (both plus all clicks on the slice); of
-        the 8 masks, the one that agrees with every click and changes the current mask
-        least wins. A click is a local fact: the user expects that part fixed, not the
-        slice redrawn (the base model, given a negative click, may jump to another organ)."""
-        pts, labs = anchor.points, anchor.labels
-        if anchor.box is not None:  # the user's own box stays the box of that slice
-            prompts = [SlicePrompt(box=anchor.box, points=pts, labels=labs)]
-        elif not prev.any():
-            prompts = [SlicePrompt(points=pts, labels=labs)]
-        else:
-            prompts = [self.strategy.prompt_from_mask(prev, self.engine.frame.scale, pts, labs)]
-        if prev.any():
-            prompts.append(SlicePrompt(box=anchor.box, points=pts, labels=labs, mask=prev))
-        results = [self.engine.predict(idx, p) for p in prompts]
-        xy = np.round(np.asarray(pts)).astype(int)
-        best, best_key = None, None
-        for r in results:
-            for n, m in enumerate(r.masks):
-                # Base LiteMedSAM was trained on boxes only and often ignores clicks; then
-                # no mask honours them, and the least change to the current mask wins.
-                # A mask that honours the clicks but redraws the slice (Dice < 0.5 with the
-                # current one) is a jump to another structure, not a correction.
-                near = dice(m, prev) if prev.any() else 0.0
-                honours = all(bool(m[y, x]) == bool(lab) for (x, y), lab in zip(xy, labs))
-                key = (honours and (near >= 0.5 or not prev.any()), near, float(r.scores[n]))
-                if best_key is None or key > best_key:
-                    best, best_key = (r, n), key
-        r, n = best
-        order = [n] + [i for i in range(4) if i != n]
-        masks = r.masks[order]
-        if prev.any():
-            masks = masks.copy()
-            masks[0] = _local_edit(prev, masks[0], xy, labs)
-        return SliceResult(masks=masks, scores=r.scores[order], logits=r.logits)
-
-
-def _local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray, labels) -> np.ndarray:
-    """``prev`` changed by ``new`` only where the user asked: near a positive click ``new``
-    may only add, near a negative click it may only remove, and nothing else changes.
-
-    A click is a local fact. The base LiteMedSAM (trained on boxes only) answers a click by
-    redrawing the whole slice, often worse, and even the fine-tune, given a negative click
-    on a leak, grew the liver's edge elsewhere (+216 pixels for 141 removed). Near: within
-    half the object's equivalent diameter (at least 3 pixels) of the click."""
-    radius = max(3.0, 0.5 * np.sqrt(4.0 * prev.sum() / np.pi))
-    rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
-    out = prev.copy()
-    for (x, y), lab in zip(clicks, labels):
-        near = (cols - x) ** 2 + (rows - y) ** 2 <= radius ** 2
-        if lab:
-            out |= near & new
-        else:
-            out &= ~(near & ~new)
-    # The clicked pixel is the user's own statement: it holds even where no answer of the
-    # model does (else a click could change nothing at all).
-    for (x, y), lab in zip(clicks, labels):
-        out[int(y), int(x)] = bool(lab)
-    return out
+        """Re-run a corrected slice with its current mask and all its clicks (clicks.py)."""
+        return clicks_mod.edit_slice(self.engine, self.strategy, idx, anchor, prev, self.config.clicks)

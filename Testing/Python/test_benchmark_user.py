@@ -242,3 +242,53 @@ def test_oracle_picks_the_best_mask_per_slice():
     masks[1:, 2:8, 2:4] = True
     one(0, SimpleNamespace(masks=masks))
     assert one.dice() == pytest.approx(1.0)          # never below the primary
+
+
+# -- the CVPR 2025 challenge click -------------------------------------------------------------
+def test_challenge_click_goes_to_the_deepest_point_of_the_largest_error():
+    gt = np.zeros((9, 30, 40), bool)
+    gt[1:8, 3:26, 3:30] = True
+    pred = gt.copy()
+    pred[2:7, 10:15, 9:14] = False             # missed cube 5 x 5 x 5: deepest voxel (4, 12, 11)
+    pred[4, 10:12, 32:34] = True               # a smaller leak (4 voxels)
+    k, (x, y), pos = user.challenge_click(pred, gt)
+    assert (k, x, y, pos) == (4, 11.0, 12.0, True)
+    pred = gt.copy()
+    pred[0:9, 0:30, 31:40] = True              # the largest error is now a leak: a negative click
+    pred[3, 10, 10] = False                    # ... a 1-voxel miss elsewhere is not clicked
+    k, (x, y), pos = user.challenge_click(pred, gt)
+    assert not pos and not gt[k, int(y), int(x)] and pred[k, int(y), int(x)]
+    assert (k, x) == (4, 35.0) and 4 <= y <= 25      # the leak's middle; the image edge is its border
+    assert user.challenge_click(gt, gt) is None
+
+
+def test_challenge_click_breaks_ties_with_a_fixed_seed():
+    gt = np.zeros((3, 20, 60), bool)
+    gt[:, 5:8, 5:55] = True                    # a 3 x 3 bar missed entirely: 48 equally deep voxels
+    pred = np.zeros_like(gt)
+    clicks = {user.challenge_click(pred, gt) for _ in range(5)}
+    assert len(clicks) == 1                    # the same click every call (seeded per call)
+    k, (x, y), pos = clicks.pop()
+    assert k == 1 and y == 6.0 and 6 <= x <= 53 and pos
+    others = {user.challenge_click(pred, gt, seed=s)[1] for s in range(20)}
+    assert len(others) > 5                     # ... and the seed alone picks among the ties
+    # Euclidean, not city-block: a 26-connected diagonal blob counts as one component.
+    gt2 = np.zeros((5, 12, 12), bool)
+    pred2 = gt2.copy()
+    pred2[1, 1, 1] = pred2[2, 2, 2] = pred2[3, 3, 3] = True    # 3 voxels joined diagonally
+    pred2[1, 9:11, 9] = True                                    # 2 voxels apart
+    k, (x, y), pos = user.challenge_click(pred2, gt2)
+    assert (k, x, y) in {(1, 1.0, 1.0), (2, 2.0, 2.0), (3, 3.0, 3.0)} and not pos
+
+
+def test_click_auc_and_the_share_of_clicks_lowering_dice():
+    from RadSAMBench.stats import click_auc, click_summary
+    assert click_auc([0.5, 0.6, 0.7, 0.8, 0.9, 1.0]) == pytest.approx(0.65 + 0.75 + 0.85 + 0.95)
+    recs = [{"model": "m", "setting": "volume/box/box", "challenge": [0.5, 0.6, 0.55, 0.7, 0.7, 0.7],
+             "challenge_clicks": [[0, 0, 0, 1]] * 4},
+            {"model": "m", "setting": "volume/box/box", "challenge": [0.9, 1.0, 1.0, 1.0, 1.0, 1.0],
+             "challenge_clicks": [[0, 0, 0, 1]]}]      # perfect after one click: the rest is padding
+    s = click_summary(recs)[("m", "volume/box/box")]
+    assert s["clicks"] == 5 and s["lowered"] == pytest.approx(1 / 5)
+    assert s["gain"] == pytest.approx(0.15) and s["mean"][0] == pytest.approx(0.7)
+    assert s["auc"] == pytest.approx((click_auc(recs[0]["challenge"]) + 4.0) / 2)

@@ -36,9 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "pairs with a labels.json (see docs/benchmark/README.md)")
     p.add_argument("--labels", default=None, help="labels by name or value, comma-separated (default: all)")
     p.add_argument("--cases", default=None, help="case names, comma-separated, or N for the first N (default: all)")
-    p.add_argument("--model", action="append", default=None, metavar="NAME[=CHECKPOINT]",
+    p.add_argument("--model", action="append", default=None, metavar="NAME[=CHECKPOINT][@CLICKS]",
                    help="model to benchmark, repeatable: radsam (default), litemedsam, a RadSAM .safetensors "
-                        "path, or sam_vit_b=/path/to/checkpoint.pth")
+                        "path, or sam_vit_b=/path/to/checkpoint.pth; @legacy answers point prompts and clicks "
+                        "the way RadSAM did before issue 12 (RadSAMLib/clicks.py presets)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--strategies", default="box,mask,mask+box",
                    help="propagation strategies, comma-separated (box, box:MARGIN, mask, mask+box)")
@@ -50,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edits", type=int, default=20, help="volume-level correction clicks (default 20; Dice "
                                                          "reported after 0,1,2,5,10,20)")
     p.add_argument("--slice-edits", type=int, default=2, help="slice-level clicks per slice (default 2; up to 10)")
+    p.add_argument("--challenge-edits", type=int, default=5,
+                   help="volume level: CVPR 2025 challenge clicks from the same first result (default 5; Dice "
+                        "after each, and the AUC over clicks 1..5)")
     p.add_argument("--prompt-slice", default="middle", choices=("middle", "largest", "random"),
                    help="volume-level prompt slice (default: the middle of the object's extent)")
     p.add_argument("--min-voxels", type=int, default=50, help="skip smaller objects (default 50)")
@@ -74,11 +78,16 @@ def _command_line() -> str:
 
 
 def _model_specs(specs):
+    """``[(label, name, checkpoint, clicks)]`` from ``NAME[=CHECKPOINT][@CLICKS]`` specs."""
+    from RadSAMLib.clicks import PRESETS
     out = []
     for s in specs or [DEFAULT_MODEL]:
-        name, _, ckpt = s.partition("=")
+        base, at, clicks = s.rpartition("@")
+        if not at or clicks not in PRESETS:
+            base, clicks = s, None
+        name, _, ckpt = base.partition("=")
         label = Path(name).stem if name.endswith(".safetensors") else name
-        out.append((label, name, ckpt or None))
+        out.append((label + (f"@{clicks}" if clicks else ""), name, ckpt or None, clicks))
     labels = [o[0] for o in out]
     if len(set(labels)) != len(labels):
         raise RadSAMError(f"the same model is listed twice: {', '.join(labels)}")
@@ -131,7 +140,8 @@ def run(args) -> int:
         raise RadSAMError(f"no cases selected in {ds.root}")
     settings = _settings(args)
     models = _model_specs(args.model)
-    protocol = Protocol(edits=args.edits, slice_edits=args.slice_edits, prompt_slice=args.prompt_slice,
+    protocol = Protocol(edits=args.edits, slice_edits=args.slice_edits, challenge_edits=args.challenge_edits,
+                        prompt_slice=args.prompt_slice,
                         min_voxels=args.min_voxels, min_slices=args.min_slices,
                         min_body_fraction=args.min_body_fraction)
     out = Path(args.out)
@@ -175,21 +185,32 @@ def run(args) -> int:
 def _run_todo(todo, objects, settings, protocol, args, results, path):
     from tqdm import tqdm
 
+    from RadSAMLib.accel.cache import weights_sha256
+    from RadSAMLib.engine import SliceEngine
     from RadSAMLib.models import load_model
     from .protocol import run_case
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
-    loaded = {}
+    loaded, encoders = {}, {}
     bar = tqdm(total=len(todo), desc="benchmark", unit="case", file=sys.stderr, dynamic_ncols=True)
     current = None
-    for case, (label, name, ckpt) in todo:
-        if label not in loaded:
-            loaded[label] = load_model(name, checkpoint=ckpt, device=args.device)
+    for case, (label, name, ckpt, clicks) in todo:
+        if (name, ckpt) not in loaded:
+            m = load_model(name, checkpoint=ckpt, device=args.device)
+            loaded[(name, ckpt)] = m
+            encoders[id(m)] = weights_sha256(m.image_encoder)
+        model = loaded[(name, ckpt)]
         if current is None or current[0] != case.name:
             bar.set_postfix_str(f"{case.name}: reading")
-            current = (case.name, case.load(list(objects)))
+            current = (case.name, case.load(list(objects)), {})
         image, lab, spacing = current[1]
+        # Models with the same image encoder (the fine-tunes keep the base's) share the
+        # case's embeddings: each slice is encoded once per case, not once per model.
+        engine = SliceEngine(model, image, axis=0)
+        first = current[2].setdefault((encoders[id(model)], str(model.device)), engine)
+        if first is not engine:
+            engine.share_embeddings(first)
         key = f"{label}|{case.name}"
         # A case interrupted mid-way keeps its finished objects (saved after each one).
         entry = results["cases"].get(key) or {"model": label, "case": case.name, "partial": True,
@@ -203,9 +224,9 @@ def _run_todo(todo, objects, settings, protocol, args, results, path):
             _write_json(path, results)
         timing = {}
         t0 = time.time()
-        run_case(loaded[label], image, lab, objects, settings, seed=args.seed, protocol=protocol,
+        run_case(engine, image, lab, objects, settings, seed=args.seed, protocol=protocol,
                  case=case.name, model_name=label, progress=lambda msg: bar.set_postfix_str(msg[-60:]),
-                 timing=timing, skip=done, on_object=save)
+                 timing=timing, skip=done, on_object=save, clicks=clicks)
         old = entry["timing"]
         for k, v in timing.items():
             old[k] = round(old.get(k, 0) + v, 4) if isinstance(v, (int, float)) else v

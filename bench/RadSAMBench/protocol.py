@@ -24,7 +24,8 @@ import numpy as np
 
 from RadSAMLib.errors import RadSAMError
 from RadSAMLib.metrics import dice
-from .user import PROMPT_KINDS, PROMPT_SLICES, choose_prompt_slice, make_prompt, object_slices, sample_edit
+from .user import (PROMPT_KINDS, PROMPT_SLICES, challenge_click, choose_prompt_slice, make_prompt, object_slices,
+                   sample_edit)
 
 LEVELS = ("volume", "slice")
 VOLUME_CHECKPOINTS = (0, 1, 2, 5, 10, 20)
@@ -68,6 +69,7 @@ class Protocol:
     """The simulated user's knobs (see ``user.py`` for the sampling rules)."""
 
     edits: int = 20                 # volume level: correction clicks after the first result
+    challenge_edits: int = 5        # volume level: CVPR 2025 challenge clicks, from the same first result
     slice_edits: int = 2            # slice level: clicks per slice
     prompt_slice: str = "middle"    # middle | largest | random
     box_frac: float = 0.05          # box jitter: fraction of the box side ...
@@ -81,7 +83,7 @@ class Protocol:
     def __post_init__(self):
         if self.prompt_slice not in PROMPT_SLICES:
             raise RadSAMError(f"unknown prompt slice rule '{self.prompt_slice}' (choose {', '.join(PROMPT_SLICES)})")
-        if self.edits < 0 or self.slice_edits < 0:
+        if self.edits < 0 or self.slice_edits < 0 or self.challenge_edits < 0:
             raise RadSAMError("the number of edits cannot be negative")
 
     def checkpoints(self, level: str) -> list:
@@ -227,30 +229,37 @@ class _Oracle:
 
 
 # -- one object, one setting ----------------------------------------------------------------
-def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_prompt, rng_edit) -> dict:
+def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_prompt, rng_edit, clicks=None) -> dict:
     """Simulate the user on one object; returns ``dice``/``oracle`` ``{n_edits: value}``,
-    the prompt, and the clicks ``[k, x, y, positive]``."""
+    ``curve`` (the Dice after each click, from 0 clicks), the prompt, and the clicks
+    ``[k, x, y, positive]``. At volume level the same first result is then corrected by
+    ``protocol.challenge_edits`` challenge clicks (the uniform clicks undone first):
+    ``challenge`` holds the Dice after each one (from 0) and ``challenge_clicks`` the
+    clicks. ``clicks``: the session's click inference (``RadSAMLib.clicks``)."""
     from RadSAMLib.config import RadSAMConfig
     from RadSAMLib.session import Session
     lo, hi = bounds
     slab_gt = gt[lo:hi + 1]
     oracle = _Oracle(slab_gt, lo)
-    sess = Session(engine, RadSAMConfig(strategy=setting.strategy))
+    sess = Session(engine, RadSAMConfig(strategy=setting.strategy, clicks=clicks))
     slab = sess.mask[lo:hi + 1]           # a view: follows the session's edits
     marks = protocol.checkpoints(setting.level)
-    out = {"dice": {}, "oracle": {}, "clicks": [], "edit_errors": []}
+    out = {"dice": {}, "oracle": {}, "curve": [], "clicks": [], "edit_errors": []}
 
     def mark(n):
         out["dice"][str(n)] = round(dice(slab, slab_gt), 5)
         out["oracle"][str(n)] = round(oracle.dice(), 5)
 
-    def click(ed):
+    def click(ed, log="clicks"):
+        """Apply one click; True if it became an undo step."""
         k, (x, y), pos = ed
+        out[log].append([int(k), int(x), int(y), int(pos)])   # pixel indices
         try:
             oracle.follow(sess.edit_iter(k, (x, y), positive=pos))
+            return True
         except RadSAMError as e:    # recorded, not fatal: a long run must not die on one click
             out["edit_errors"].append(f"{k} {x:g} {y:g} {int(pos)}: {e}")
-        out["clicks"].append([int(k), int(x), int(y), int(pos)])   # pixel indices
+            return False
 
     if setting.level == "volume":
         k0 = choose_prompt_slice(slab_gt, protocol.prompt_slice, rng_prompt) + lo
@@ -260,13 +269,28 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
         out["prompt"] = list(prompt.box) if prompt.box is not None else [list(p) for p in prompt.points]
         oracle.follow(sess.segment_iter(k0, prompt, bounds=(lo, hi)))
         mark(0)
+        out["curve"].append(out["dice"]["0"])
+        steps = 0
         for n in range(1, protocol.edits + 1):
             ed = sample_edit(slab, slab_gt, rng_edit)
             if ed is None:
                 break
-            click((ed[0] + lo, ed[1], ed[2]))
+            steps += click((ed[0] + lo, ed[1], ed[2]))
+            out["curve"].append(round(dice(slab, slab_gt), 5))
             if n in marks:
                 mark(n)
+        if protocol.challenge_edits:
+            for _ in range(steps):
+                sess.undo()
+            out["challenge"] = [round(dice(slab, slab_gt), 5)]
+            out["challenge_clicks"] = []
+            for _ in range(protocol.challenge_edits):
+                ed = challenge_click(slab, slab_gt)
+                if ed is None:
+                    break
+                click((ed[0] + lo, ed[1], ed[2]), log="challenge_clicks")
+                out["challenge"].append(round(dice(slab, slab_gt), 5))
+            out["challenge"] += out["challenge"][-1:] * (protocol.challenge_edits + 1 - len(out["challenge"]))
     else:
         ks = [int(k) + lo for k in object_slices(slab_gt)]
         prompts = {k: make_prompt(setting.prompt, gt[k], rng_prompt, protocol.box_frac, protocol.box_max_px,
@@ -284,13 +308,15 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
     for n in marks:
         if str(n) not in out["dice"]:
             mark(n)
+    if out["curve"]:
+        out["curve"] += out["curve"][-1:] * (protocol.edits + 1 - len(out["curve"]))
     return out
 
 
 # -- one case ---------------------------------------------------------------------------------
 def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, objects: dict, settings,
              seed: int = 0, protocol: Protocol | None = None, case: str = "case", model_name: str | None = None,
-             progress=None, timing: dict | None = None, skip=(), on_object=None) -> list:
+             progress=None, timing: dict | None = None, skip=(), on_object=None, clicks=None) -> list:
     """Benchmark every object of one case under every setting.
 
     ``image_kji``: ``(k, j, i)`` HU; ``label_kji``: same-shape integer labels;
@@ -300,7 +326,8 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
     ``progress(message)`` is called before each step; ``timing``, if given, receives the
     case's encode/decode seconds and counts. ``skip``: object names already done (a
     resumed case); ``on_object(records)`` is called with each object's records as soon as
-    they are finished (for saving progress).
+    they are finished (for saving progress). ``clicks``: the sessions' click inference
+    (a ``RadSAMLib.clicks.ClickConfig`` or its name; ``None``: the default).
 
     Returns one dict per (object, setting) that was run, plus one per skipped object
     (``skipped`` holds the reason).
@@ -331,7 +358,7 @@ def run_case(model_or_engine, image_kji: np.ndarray, label_kji: np.ndarray, obje
                 c0, t0, w0 = dec.calls, dec.seconds, time.perf_counter()
                 res = run_setting(engine, gt, bounds, s, protocol,
                                   _rng(seed, case, name, s.level, s.prompt, "prompt"),
-                                  _rng(seed, case, name, s.name, "edits"))
+                                  _rng(seed, case, name, s.name, "edits"), clicks=clicks)
                 records.append({**base, "object": name, "value": value, "setting": s.name, "level": s.level,
                                 "prompt_kind": s.prompt, "strategy": s.strategy, "voxels": vox, "slices": nsl,
                                 "bounds": list(bounds), **res, "decode_calls": dec.calls - c0,

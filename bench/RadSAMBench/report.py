@@ -2,9 +2,12 @@
 
 ``report.md`` holds: Table 1 in the layout of the RadSAM paper (rows: model x strategy;
 columns: volume-level box/point and slice-level box/point, each without and with edits),
-the oracle (best of the 4 masks per slice), Dice after each number of edits, per-organ
-tables, timings and skipped objects. Plots: ``dice_vs_edits.png`` (mean Dice vs number of
-edits, 95% interval band) and ``per_organ.png`` (per-organ Dice with intervals).
+the oracle (best of the 4 masks per slice), Dice after each number of edits, Dice after
+each click (challenge and uniform clicks, with the AUC over clicks 1..5 and the share of
+clicks that lowered an object's Dice), per-organ tables, timings and skipped objects.
+Plots: ``dice_vs_edits.png`` (mean Dice vs number of edits, 95% interval band),
+``dice_vs_clicks.png`` (mean Dice after each click) and ``per_organ.png`` (per-organ Dice
+with intervals).
 Cells read ``mean (lo-hi)``: 95% bootstrap interval over cases (over objects when the run
 has a single case; see ``stats.py``).
 
@@ -16,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from .stats import edit_counts, summarize
+from .stats import click_summary, edit_counts, summarize
 
 
 def load_results(path) -> dict:
@@ -129,6 +132,27 @@ def organ_table(recs, results, after_edits=False) -> list:
     return lines
 
 
+def clicks_table(recs, results, model: str) -> list:
+    """Dice after each click of ``model`` (challenge/uniform), its AUC over clicks 1..5,
+    the gain after the last click and the share of clicks that lowered an object's Dice."""
+    summ = click_summary(recs, model)
+    if not summ:
+        return []
+    n = max(len(v["mean"]) for v in summ.values())
+    head = [f"{c} click{'s' if c != 1 else ''}" for c in range(n)] + ["gain", "AUC 1..5", "clicks lowering Dice"]
+    lines = ["| model | setting | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for m in _order(r["model"] for r in recs):
+        for st in _settings(results, recs):
+            v = summ.get((m, st))
+            if v is None:
+                continue
+            cells = [f"{x:.3f}" for x in v["mean"]] + ["–"] * (n - len(v["mean"]))
+            cells += [f"{v['gain']:+.3f}", "–" if v["auc"] is None else f"{v['auc']:.3f}",
+                      f"{100 * v['lowered']:.0f}% of {v['clicks']}"]
+            lines.append(f"| {m} | {st} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def timing_table(results) -> list:
     rows = {}
     for c in results.get("cases", {}).values():
@@ -166,6 +190,8 @@ def markdown(results: dict) -> str:
         ("Oracle: best of the 4 masks chosen on every slice", table1(recs, results, key="oracle")),
         ("Volume level: Dice after each number of edits", edits_table(recs, "volume", results)),
         ("Slice level: Dice after each number of edits per slice", edits_table(recs, "slice", results)),
+        ("Challenge clicks (CVPR 2025 interactive-3D): Dice after each click", clicks_table(recs, results, "challenge")),
+        ("Uniform clicks: Dice after each click", clicks_table(recs, results, "uniform")),
         ("Per organ, no edits", organ_table(recs, results)),
         ("Per organ, volume level after the edits", organ_table(recs, results, after_edits=True)),
         ("Time", timing_table(results)),
@@ -227,6 +253,38 @@ def plot_edits(results: dict, path) -> Path | None:
     return Path(path)
 
 
+def plot_clicks(results: dict, path) -> Path | None:
+    """Mean Dice vs clicks, one panel per click model x start prompt."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    recs = all_records(results)
+    panels = []
+    for cm in ("challenge", "uniform"):
+        summ = click_summary(recs, cm)
+        for p in ("box", "point"):
+            lines = {k: v for k, v in summ.items() if k[1].split("/")[:2] == ["volume", p]}
+            if lines:
+                panels.append((cm, p, lines))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    multi = len(_order(r["model"] for r in recs)) > 1
+    for ax, (cm, p, lines) in zip(axes[0], panels):
+        for (m, s), v in lines.items():
+            auc = "" if v["auc"] is None else f" (AUC {v['auc']:.2f})"
+            ax.plot(range(len(v["mean"])), v["mean"], marker="o", label=(f"{m} " if multi else "") + s.split("/")[2] + auc)
+        ax.set_title(f"{cm} clicks, {p} start")
+        ax.set_xlabel("clicks")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("mean 3D Dice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_organs(results: dict, path) -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
@@ -274,7 +332,8 @@ def write_report(results: dict, out_dir, plots: bool = True) -> list:
     md.write_text(markdown(results))
     paths = [md]
     if plots:
-        for fn, name in ((plot_edits, "dice_vs_edits.png"), (plot_organs, "per_organ.png")):
+        for fn, name in ((plot_edits, "dice_vs_edits.png"), (plot_clicks, "dice_vs_clicks.png"),
+                         (plot_organs, "per_organ.png")):
             p = fn(results, out_dir / name)
             if p is not None:
                 paths.append(p)

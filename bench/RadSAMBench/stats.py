@@ -69,3 +69,48 @@ def summarize(records, n_edits: int, key: str = "dice", by=("model", "setting"),
 def edit_counts(records, key: str = "dice") -> list:
     """Sorted edit counts measured in ``records``."""
     return sorted({int(n) for r in records for n in (r.get(key) or {})})
+
+
+# -- per-click curves -------------------------------------------------------------------------
+CLICK_MODELS = {"challenge": ("challenge", "challenge_clicks"), "uniform": ("curve", "clicks")}
+
+
+def click_curve(record: dict, model: str = "challenge"):
+    """``(dice, n_clicks)``: the record's Dice after 0, 1, ... clicks of ``model``
+    (``challenge`` or ``uniform``) and how many clicks were made (the rest repeat the last
+    value: no error was left); ``None`` if not measured."""
+    curve_key, clicks_key = CLICK_MODELS[model]
+    c = record.get(curve_key)
+    if not c:
+        return None
+    return [float(v) for v in c], len(record.get(clicks_key) or [])
+
+
+def click_auc(curve, first: int = 1, last: int = 5) -> float:
+    """Area under Dice vs clicks, trapezoid over clicks ``first..last`` (unit spacing),
+    as the CVPR 2025 interactive-3D challenge scores it (so at most ``last - first``)."""
+    c = np.asarray(curve[first:last + 1], float)
+    return float(np.sum((c[1:] + c[:-1]) / 2))
+
+
+def click_summary(records, model: str = "challenge", by=("model", "setting"), tol: float = 1e-4):
+    """``{group: {"mean": [Dice after n clicks], "auc", "gain", "lowered", "clicks",
+    "objects"}}``: mean Dice curve, mean AUC over clicks 1..5 (None with fewer clicks),
+    mean gain after the last click, and the fraction of the clicks made that lowered the
+    object's Dice by more than ``tol``."""
+    groups = defaultdict(list)
+    for r in records:
+        cc = click_curve(r, model)
+        if cc is not None:
+            groups[tuple(r[b] for b in by)].append(cc)
+    out = {}
+    for g, ccs in groups.items():
+        n = min(len(c) for c, _ in ccs)
+        arr = np.array([c[:n] for c, _ in ccs])
+        drops = [d < -tol for c, made in ccs for d in np.diff(c[:made + 1])]
+        out[g] = {"mean": arr.mean(axis=0).tolist(),
+                  "auc": float(np.mean([click_auc(c) for c, _ in ccs])) if n >= 6 else None,
+                  "gain": float((arr[:, -1] - arr[:, 0]).mean()),
+                  "lowered": float(np.mean(drops)) if drops else 0.0,
+                  "clicks": len(drops), "objects": len(ccs)}
+    return out
