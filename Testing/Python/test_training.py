@@ -400,3 +400,16 @@ def test_interpolated_delta_lies_between_base_and_delta(model, tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         interpolate(WEIGHTS, 1.5, tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_point_choice_primary_matches_the_slice_level_point_evaluation(model, smoke_data):
+    """The diagnostic's "primary" reading is what the evaluator's slice-level point start
+    gives (the inference engine keeps the primary output)."""
+    from training.data import load_shards
+    from training.point_choice import point_choice_dice
+    from training.validate import object_dice
+    out, store = smoke_data
+    sh = load_shards([out / "abdomen_eval.npz"])[0]
+    got = point_choice_dice(model, sh, store[sh.name])
+    ref = np.mean([object_dice(model, sh, store[sh.name], v, "slice", fast=False, start="point") for v in sh.objects])
+    assert abs(got["primary"] - ref) < 1e-6 and set(got) == {"primary", "alt_by_iou", "all_by_iou"}
