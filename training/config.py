@@ -25,12 +25,22 @@ class Config:
     box_jitter_px: float = 10.0     # model-frame pixels (GT box prompts)
     mask_box_margin: list = field(default_factory=lambda: [0.0, 8.0])  # model px, box around a mask prompt
     mask_prompt_grow: float = 0.0   # model px every mask prompt grows by (inference: the strategy's grow)
+    # interactive rounds (SAM's recipe): before the trained decode, ``rounds`` correction
+    # rounds run without gradients, each decoding the current prompt, then adding a click in
+    # the error of the model's own prediction (training.noise.error_click) with that
+    # prediction (binary, the inference encoding) as the mask prompt, the first prompt's box
+    # kept. The trained decode sees the last round's prompt.
+    click_rounds: int = 0           # max rounds per batch (uniform in 1..this); 0 = off
+    click_prob: float = 0.5         # share of labelled batches with correction rounds
+    click_deepest_prob: float = 0.5  # clicks at the error's deepest point (the challenge user), else its inner half
     # model
     base_model: str = "litemedsam"
     init_from: str = ""             # a RadSAM delta (.safetensors) to start from instead of the base weights
     train_parts: list = field(default_factory=lambda: ["prompt_encoder", "mask_decoder"])
     # loss
-    alt_weight: float = 0.5         # min-loss over the 3 alternatives (SAM's ambiguity rule)
+    alt_weight: float = 0.5         # min-loss over the 3 alternatives (SAM's ambiguity rule); for a
+                                    # lone point (ambiguous) the best alternative is the answer
+                                    # (weight 1) and the primary output gets this weight
     iou_weight: float = 1.0         # MSE of the IoU head against the true IoU, all 4 outputs
     l2sp: float = 0.0               # pull toward the base weights (sum of squared differences)
     distill_weight: float = 0.0     # learning without forgetting: weight of the "random_box" batches'

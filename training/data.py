@@ -204,7 +204,10 @@ def to_model_frame(sh: Shard, z: int, label: int, prompt: dict, mask_size: int) 
     """Prompt + target -> model-frame arrays, through the inference code paths."""
     f = SliceFrame(sh.slice_shape, 256)
     gt = sh.lab[z] == label
-    out = {"target": (f.mask_to_model(gt) > 0.5).float()}
+    r, c = f.resized_shape
+    valid = torch.zeros(256, 256, dtype=torch.bool)  # the slice's part of the padded frame
+    valid[:r, :c] = True
+    out = {"target": (f.mask_to_model(gt) > 0.5).float(), "valid": valid}
     if prompt["box"] is not None:
         out["box"] = torch.as_tensor(f.box_to_model(prompt["box"]), dtype=torch.float32)
     if prompt["points"]:
@@ -216,7 +219,11 @@ def to_model_frame(sh: Shard, z: int, label: int, prompt: dict, mask_size: int) 
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Endless batches; every batch has one prompt kind (so prompt tensors stack)."""
+    """Endless batches; every batch has one prompt kind (so prompt tensors stack).
+
+    A batch also says how many correction rounds precede its trained decode (``rounds``:
+    0, or with ``click_prob`` 1..``click_rounds``; never for ``random_box``) and whether its
+    prompt is a lone point (``single_point``: ambiguous, trained with the multimask rule)."""
 
     def __init__(self, shards, index: SampleIndex, cfg, seed: int, mask_size: int, with_images: bool = False):
         self.shards, self.index, self.cfg, self.seed = shards, index, cfg, seed
@@ -248,6 +255,11 @@ class BatchStream(torch.utils.data.IterableDataset):
             items.append(it)
         out = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         out["kind"] = kind
+        rounds = 0
+        if kind != "random_box" and self.cfg.click_rounds > 0 and rng.random() < self.cfg.click_prob:
+            rounds = int(rng.integers(1, self.cfg.click_rounds + 1))
+        out["rounds"] = rounds
+        out["single_point"] = kind == "points" and n_points == 1
         out["shard"] = torch.as_tensor(rows[:, 0])
         out["z"] = torch.as_tensor(rows[:, 1])
         return out

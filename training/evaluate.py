@@ -4,7 +4,9 @@
         --col base_box5=litemedsam@box:5 --col base_slice=litemedsam@slice \\
         --col ft_mask=runs/gpu/radsam_litemedsam.safetensors@mask --out results.json
 
-Each column is ``name=MODEL@STRATEGY`` (``slice`` = slice-level GT box on every slice).
+Each column is ``name=MODEL@STRATEGY`` (``slice`` = slice-level prompting of every slice).
+``--start point`` prompts with one positive point at the object's deepest pixel instead of
+its box (on the start slice, or on every slice for ``slice``).
 All models must share the base image encoder (RadSAM deltas do), so every slice is
 encoded once. Prints and writes per-object Dice and the means.
 """
@@ -25,6 +27,7 @@ def main(argv=None):
     ap.add_argument("--shards", nargs="+", required=True)
     ap.add_argument("--col", action="append", required=True, metavar="NAME=MODEL@STRATEGY")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--start", choices=("box", "point"), default="box", help="the first prompt")
     ap.add_argument("--out")
     ap.add_argument("--embed-cache", default="", help="folder of cached embeddings (written when missing)")
     a = ap.parse_args(argv)
@@ -51,7 +54,7 @@ def main(argv=None):
         by_encoder[name] = stores[key]
     t0 = time.time()
     rows = evaluate(cols, shards, by_encoder, progress=lambda r: print(
-        r["shard"], r["object"], " ".join(f"{c}={r[c]:.3f}" for c in cols), flush=True))
+        r["shard"], r["object"], " ".join(f"{c}={r[c]:.3f}" for c in cols), flush=True), start=a.start)
     m = means(rows, cols)
     by_obj = {}
     for r in rows:
@@ -61,7 +64,7 @@ def main(argv=None):
     print("mean " + " ".join(f"{c}={v:.3f}" for c, v in m.items()))
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"columns": {c: s for c, s in zip(cols, a.col)}, "mean": m, "per_object": per_object,
+            json.dump({"columns": {c: s for c, s in zip(cols, a.col)}, "start": a.start, "mean": m, "per_object": per_object,
                        "rows": rows, "n_objects": len(rows)}, f, indent=1)
 
 

@@ -94,6 +94,36 @@ def correction_point(prev: np.ndarray, gt: np.ndarray, rng: np.random.Generator)
     return (p, 1 if pick_miss else 0)
 
 
+def error_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator, deepest_prob: float = 1.0,
+                valid: np.ndarray | None = None):
+    """The click a simulated user makes to fix ``pred`` (bool ``(rows, cols)``): inside the
+    largest connected component of the error ``pred XOR gt`` (within ``valid``), at its
+    deepest point (farthest from the component's border, exact distance transform; ties
+    broken by ``rng``) with probability ``deepest_prob`` -- the CVPR 2025 interactive
+    challenge's user -- else anywhere in its inner half. Positive if the pixel is in
+    ``gt``. With no error, a positive click at the deepest point of ``gt``. Returns
+    ``((x, y), label)``, or None when there is neither error nor object."""
+    err = pred ^ gt
+    if valid is not None:
+        err &= valid
+    if not err.any():
+        if not gt.any():
+            return None
+        err = gt
+    lab, n = ndi.label(err)
+    if n > 1:
+        region = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    else:
+        region = lab > 0
+    # Padded so that a component touching the slice edge has its border there too.
+    dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    top = dist.max()
+    pick = dist >= top if rng.random() < deepest_prob else dist >= max(1.0, 0.5 * top)
+    ys, xs = np.nonzero(pick)
+    i = rng.integers(len(xs))
+    return ((float(xs[i]), float(ys[i])), int(gt[ys[i], xs[i]]))
+
+
 def random_box(shape, rng: np.random.Generator, min_frac: float = 0.08, max_frac: float = 0.9):
     """A box anywhere on a ``(rows, cols)`` slice, each side a log-uniform fraction of the
     slice: prompts unrelated to any labelled object (distillation toward the base model)."""

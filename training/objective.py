@@ -7,6 +7,7 @@ same prompt encoder / mask decoder with the same mask-prompt encoding
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,14 +53,68 @@ def true_iou(logits, target):
     return inter / union.clamp(min=1)
 
 
-def loss_fn(logits, iou_pred, target, alt_weight=0.5, iou_weight=1.0):
+def loss_fn(logits, iou_pred, target, alt_weight=0.5, iou_weight=1.0, ambiguous=False):
     """Primary (index 0) Dice+BCE; + ``alt_weight`` * the best of the 3 alternatives (SAM's
     multimask rule: only the alternative closest to the target learns, so they stay
-    diverse); + ``iou_weight`` * MSE of the IoU head. Returns (loss, parts dict)."""
+    diverse); + ``iou_weight`` * MSE of the IoU head. ``ambiguous`` (a lone point): the
+    weights swap, the best alternative is the answer (SAM answers a point with its 3
+    masks and picks by predicted IoU) and the primary output keeps ``alt_weight``, since
+    a single-output inference path reads it. Returns (loss, parts dict)."""
     logits, iou_pred, target = logits.float(), iou_pred.float(), target.float()
     per = seg_loss(logits, target)
     primary = per[:, 0].mean()
     alt = per[:, 1:].min(dim=1).values.mean()
     iou = F.mse_loss(iou_pred, true_iou(logits.detach(), target))
-    loss = primary + alt_weight * alt + iou_weight * iou
+    seg = alt + alt_weight * primary if ambiguous else primary + alt_weight * alt
+    loss = seg + iou_weight * iou
     return loss, {"primary": primary.item(), "alt": alt.item(), "iou_mse": iou.item()}
+
+
+def chosen_output(logits, iou_pred, ambiguous=False):
+    """The mask inference would keep, ``(B, H, W)`` logits: the primary output, or for a
+    lone point the alternative with the highest predicted IoU."""
+    if not ambiguous:
+        return logits[:, 0]
+    k = 1 + iou_pred[:, 1:].argmax(dim=1)
+    return logits[torch.arange(len(logits)), k]
+
+
+@torch.no_grad()
+def correction_rounds(model, emb, batch: dict, rounds: int, rng, deepest_prob: float = 0.5) -> dict:
+    """SAM's interactive rounds on a batch, without gradients: ``rounds`` times, decode the
+    current prompt, then add one click per sample in the error of that prediction
+    (:func:`training.noise.error_click`) and make the prediction the mask prompt. The
+    prediction is fed back binary, through ``mask_prompt_logits`` like any mask prompt,
+    because that is what inference's edit path gives the model (the slice's current
+    mask), not raw logits. The first prompt's box stays (a user's box stays with its slice).
+    Returns the prompt of the last round: ``box``, ``points`` ``(B, N, 2)`` (model frame),
+    ``labels`` ``(B, N)``, ``mask`` ``(B, M, M)``."""
+    from .noise import error_click
+    prompt = {k: batch[k] for k in ("box", "points", "labels", "mask") if k in batch}
+    target = batch["target"].bool().numpy()
+    valid = batch["valid"].numpy()
+    ambiguous = bool(batch.get("single_point"))
+    size = model.mask_input_size
+    for _ in range(rounds):
+        logits, iou = decode_batch(model, emb, prompt.get("box"), prompt.get("points"), prompt.get("labels"),
+                                   prompt.get("mask"))
+        pred = chosen_output(logits, iou, ambiguous).float().cpu()
+        ambiguous = False  # with a click and a mask added, the prompt is no longer a lone point
+        pred_np = (pred > 0).numpy()
+        clicks, labels = [], []
+        for n in range(len(pred_np)):
+            c = error_click(pred_np[n], target[n], rng, deepest_prob, valid[n])
+            if c is None:  # no error and no object in the frame: a negative click anywhere
+                c = ((float(rng.integers(valid[n].any(0).sum())), float(rng.integers(valid[n].any(1).sum()))), 0)
+            clicks.append(c[0])
+            labels.append(c[1])
+        pts = torch.as_tensor(np.asarray(clicks, np.float32)).reshape(-1, 1, 2)
+        labs = torch.as_tensor(np.asarray(labels, np.float32)).reshape(-1, 1)
+        if "points" in prompt:
+            pts = torch.cat([prompt["points"].float().cpu(), pts], 1)
+            labs = torch.cat([prompt["labels"].float().cpu(), labs], 1)
+        mask = torch.as_tensor(pred_np & valid).float()  # inference's mask prompts are empty in the padding
+        if mask.shape[-1] != size:
+            mask = F.interpolate(mask[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        prompt.update(points=pts, labels=labs, mask=mask)
+    return prompt

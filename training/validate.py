@@ -1,7 +1,8 @@
 """The volume-level protocol on packed volumes, with embeddings already computed.
 
-For each object: the ground-truth box of its largest slice is the one prompt, the true
-bottom/top slices (restricted to slices with body content) are the bounds, and
+For each object: the ground-truth box of its largest slice is the one prompt (``start=
+"point"``: one positive point at that slice's deepest object pixel, the challenge user's
+first click), the true bottom/top slices (restricted to slices with body content) are the bounds, and
 :class:`RadSAMLib.session.Session` propagates with a strategy; the score is the 3D Dice
 over the bounds. ``"slice"`` instead prompts every slice with its own ground-truth box
 (slice-level prompting, the upper reference).
@@ -16,6 +17,7 @@ from RadSAMLib.prompts import SlicePrompt, box_of_mask
 from RadSAMLib.config import RadSAMConfig
 from RadSAMLib.session import Session
 
+from .noise import error_click
 from .pack import u8_to_hu
 
 
@@ -43,21 +45,33 @@ def gt_box(mask):
     return (x0, y0, x1, y1)
 
 
-def object_dice(model, shard, embeddings, label: int, strategy: str, fast: bool = True) -> float:
+def start_prompt(gt_slice, start: str = "box") -> SlicePrompt:
+    """The first prompt on the start slice: its GT box, or one positive point at the object's
+    deepest pixel (farthest from its border; ties by a fixed seed)."""
+    if start == "box":
+        return SlicePrompt(box=gt_box(gt_slice))
+    if start == "point":
+        (x, y), _ = error_click(np.zeros_like(gt_slice), gt_slice, np.random.default_rng(0), deepest_prob=1.0)
+        return SlicePrompt(points=[(x, y)], labels=[1])
+    raise ValueError(f"unknown start '{start}' (box, point)")
+
+
+def object_dice(model, shard, embeddings, label: int, strategy: str, fast: bool = True, start: str = "box") -> float:
     gt = shard.lab == label
     zs = shard.slices_of(label)
     lo, hi = int(zs[0]), int(zs[-1])
     sess = Session(engine_for(model, shard, embeddings, fast),
                    RadSAMConfig(strategy=None if strategy == "slice" else strategy))
     if strategy == "slice":
-        sess.segment_slices({int(z): SlicePrompt(box=gt_box(gt[z])) for z in zs})
+        sess.segment_slices({int(z): start_prompt(gt[z], start) for z in zs})
     else:
-        start = int(zs[np.argmax(gt[zs].reshape(len(zs), -1).sum(1))])
-        sess.segment(start, SlicePrompt(box=gt_box(gt[start])), bounds=(lo, hi))
+        z0 = int(zs[np.argmax(gt[zs].reshape(len(zs), -1).sum(1))])
+        sess.segment(z0, start_prompt(gt[z0], start), bounds=(lo, hi))
     return dice(sess.mask[lo:hi + 1], gt[lo:hi + 1])
 
 
-def evaluate(models: dict, shards, store, max_objects: int | None = None, progress=None, fast: bool = True) -> list:
+def evaluate(models: dict, shards, store, max_objects: int | None = None, progress=None, fast: bool = True,
+             start: str = "box") -> list:
     """``models``: column name -> (model, strategy); ``store``: the embeddings, or a dict
     column name -> its embeddings (models with different image encoders). Returns rows
     ``{"shard", "object", column: dice, ...}``. ``fast=False`` for a model in training."""
@@ -71,7 +85,7 @@ def evaluate(models: dict, shards, store, max_objects: int | None = None, progre
             row = {"shard": sh.name, "object": name}
             for col, (m, strat) in models.items():
                 st = store[col] if isinstance(store, dict) else store
-                row[col] = object_dice(m, sh, st[sh.name], v, strat, fast)
+                row[col] = object_dice(m, sh, st[sh.name], v, strat, fast, start)
             rows.append(row)
             if progress:
                 progress(row)

@@ -107,11 +107,8 @@ def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, a
     one log row per step and a delta that loads and predicts; one process then resumes
     that checkpoint from the step it reached."""
     from RadSAMLib.accel.cache import weights_sha256
-    from RadSAMLib.engine import SliceEngine
     from RadSAMLib.models import load_model
-    from RadSAMLib.prompts import SlicePrompt, box_of_mask
-    from conftest import dice
-    from test_training import Z
+    from test_training import assert_delta_predicts
     from training.config import Config
     from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
     from training.objective import decode_batch, loss_fn
@@ -148,12 +145,7 @@ def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, a
             return loss_fn(lg, iou, fixed["target"])[0].item()
     before, after = fixed_loss(model), fixed_loss(ft)
     assert after < 0.9 * before, (before, after)
-    _, hu, lab, _ = abdomen
-    eng = SliceEngine(ft, hu, axis=0)
-    z = 16
-    eng._cache[z] = store["abdomen_train"][z - Z[0]:z - Z[0] + 1]
-    gt = lab[z] == 2
-    assert dice(eng.predict(z, SlicePrompt(box=box_of_mask(gt, margin=2), mask=gt)).mask, gt) > 0.7
+    assert_delta_predicts(ft, abdomen, store)
 
     # Resume with another world size (1): from step 10, not from 0.
     log = _train([str(tmp_path / "cfg.json"), "--set", "steps=12", "val_every=100"], 1, env)

@@ -1,9 +1,9 @@
 """training/: prompt generation, the batched decode, the CPU smoke run, the shipped delta.
 
-The smoke run trains on 4 real abdominal slices (non-evaluation structures) for a few
-steps with embeddings reused from the session's ``abdomen_engine`` (no extra encoding),
-and checks that the loss on a fixed batch falls and that the exported delta loads through
-``load_model`` and predicts.
+Real-slice runs use 4 abdominal slices (non-evaluation structures) with embeddings reused
+from the session's ``abdomen_engine`` (no extra encoding). The default suite runs a few
+training steps with correction rounds (the weights move, the delta loads); the longer
+smoke runs (the loss on a fixed batch falls, distillation, full fine-tuning) are ``slow``.
 """
 from __future__ import annotations
 
@@ -48,6 +48,64 @@ def test_correction_point_lands_in_the_error():
     prev[40:60, 10:40] = True             # leaked downward
     (x, y), lab = correction_point(prev, gt, rng)
     assert lab == 0 and prev[int(y), int(x)] and not gt[int(y), int(x)]
+
+
+def test_error_click_is_the_deepest_point_of_the_largest_error():
+    from training.noise import error_click
+    rng = np.random.default_rng(0)
+    gt = np.zeros((64, 64), bool)
+    gt[10:50, 10:50] = True
+    pred = gt.copy()
+    pred[10:50, 30:50] = False            # missed a 40 x 20 strip (the largest error) ...
+    pred[55:60, 55:60] = True             # ... and leaked a 5 x 5 blob
+    for _ in range(10):
+        (x, y), lab = error_click(pred, gt, rng, deepest_prob=1.0)
+        assert lab == 1 and 39 <= x <= 40 and 19 <= y <= 40   # the strip's medial axis, away from its ends
+    for _ in range(20):                   # the inner half of the same component
+        (x, y), lab = error_click(pred, gt, rng, deepest_prob=0.0)
+        assert lab == 1 and 34 <= x <= 45 and gt[int(y), int(x)] and not pred[int(y), int(x)]
+    pred = gt.copy()
+    pred[50:64, 10:50] = True             # a leak downward, touching the frame edge
+    (x, y), lab = error_click(pred, gt, rng)
+    assert lab == 0 and 55 <= y <= 58     # the frame edge is a border too
+    valid = np.ones_like(gt)
+    valid[50:] = False                    # ... unless it lies in the padding: then no error is left
+    (x, y), lab = error_click(pred, gt, rng, valid=valid)
+    assert lab == 1 and 29 <= x <= 30 and 29 <= y <= 30   # the object's own deepest point
+    assert error_click(np.zeros_like(gt), np.zeros_like(gt), rng) is None
+
+
+def test_point_start_prompt_is_inside_the_object():
+    from training.validate import start_prompt
+    gt = np.zeros((40, 60), bool)
+    gt[5:35, 5:15] = True
+    gt[10:30, 20:55] = True               # the wider part is the deeper one
+    p = start_prompt(gt, "point")
+    (x, y), = p.points
+    assert p.labels == (1,) and p.box is None and 29 <= x <= 45 and 19 <= y <= 20
+    assert start_prompt(gt, "point").points == p.points   # deterministic
+    assert start_prompt(gt, "box").box == (5, 5, 54, 34)
+    with pytest.raises(ValueError, match="start"):
+        start_prompt(gt, "scribble")
+
+
+def test_lone_point_loss_follows_the_multimask_rule():
+    """A lone point is ambiguous: the best of the 3 alternatives is the answer and only it
+    learns among them; otherwise the primary output is the answer."""
+    from training.objective import chosen_output, loss_fn
+    target = torch.zeros(1, 16, 16)
+    target[0, 4:12, 4:12] = 1
+    good, bad = target * 20 - 10, torch.full((1, 16, 16), -10.0)
+    logits = torch.stack([bad, bad, good, bad], 1).requires_grad_(True)
+    iou = torch.tensor([[0.0, 0.1, 0.9, 0.2]])
+    amb, _ = loss_fn(logits, iou, target, alt_weight=0.5, iou_weight=0.0, ambiguous=True)
+    plain, _ = loss_fn(logits, iou, target, alt_weight=0.5, iou_weight=0.0)
+    assert amb < plain
+    amb.backward()
+    g = logits.grad.abs().flatten(2).sum(-1)[0]
+    assert g[1] == 0 and g[3] == 0 and g[0] > 0     # the losing alternatives get no gradient
+    assert torch.equal(chosen_output(logits, iou, True), logits[:, 2])
+    assert torch.equal(chosen_output(logits, iou, False), logits[:, 0])
 
 
 def test_uint8_pack_roundtrips_through_the_inference_window():
@@ -99,10 +157,9 @@ def test_decode_batch_matches_single_decode(model, smoke_data):
                 assert torch.allclose(iou[n], ref_s, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_smoke_training_loss_falls_and_export_loads(model, smoke_data, tmp_path, abdomen):
-    from RadSAMLib.engine import SliceEngine
     from RadSAMLib.models import load_model
-    from RadSAMLib.prompts import SlicePrompt, box_of_mask
     from training.config import Config
     from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
     from training.objective import decode_batch, loss_fn
@@ -131,16 +188,82 @@ def test_smoke_training_loss_falls_and_export_loads(model, smoke_data, tmp_path,
     after = fixed_loss(ft)
     assert after < 0.9 * before, (before, after)
     # ... and it predicts through the inference engine: a mask prompt on a real slice.
+    assert_delta_predicts(ft, abdomen, store)
+
+
+def assert_delta_predicts(ft, abdomen, store, z=16):
+    """A trained delta answers a mask prompt on a real slice of the smoke data (slice ``z``
+    of the abdominal example, right kidney) through the inference engine, with the slice's
+    embedding from the training store."""
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt, box_of_mask
     _, hu, lab, _ = abdomen
     eng = SliceEngine(ft, hu, axis=0)
-    z = 16
-    eng._cache[z] = store["abdomen_train"][z - Z[0]:z - Z[0] + 1]
+    eng.set_embeddings({z: store["abdomen_train"][z - Z[0]:z - Z[0] + 1]})
     gt = lab[z] == 2
     r = eng.predict(z, SlicePrompt(box=box_of_mask(gt, margin=2), mask=gt))
     assert r.masks.shape == (4,) + gt.shape and dice(r.mask, gt) > 0.7
 
 
 WEIGHTS = ROOT / "RadSAMLib" / "weights" / "radsam_litemedsam.safetensors"
+
+
+def test_correction_rounds_click_in_the_models_own_error(model, smoke_data):
+    """Each round decodes the current prompt, then clicks in the error of that prediction
+    and feeds the prediction back as the mask prompt (binary, empty in the padding)."""
+    from training.config import Config
+    from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
+    from training.objective import chosen_output, correction_rounds, decode_batch
+    out, store = smoke_data
+    shards = load_shards([out / "abdomen_train.npz"])
+    cfg = Config(batch_size=4, prompt_mix={"points": 1.0})
+    b = BatchStream(shards, SampleIndex(shards), cfg, seed=0, mask_size=model.mask_input_size).batch(
+        np.random.default_rng(5))
+    emb = batch_embeddings(store, shards, b)
+    n0 = b["points"].shape[1]
+    p1 = correction_rounds(model, emb, b, 1, np.random.default_rng(0))
+    p2 = correction_rounds(model, emb, b, 2, np.random.default_rng(0))
+    assert p2["points"].shape == (4, n0 + 2, 2) and p2["labels"].shape == (4, n0 + 2)
+    assert torch.equal(p2["points"][:, :n0 + 1], p1["points"])       # clicks accumulate
+    with torch.no_grad():
+        lg, iou = decode_batch(model, emb, None, p1["points"], p1["labels"], p1["mask"])
+    pred = chosen_output(lg, iou) > 0
+    assert torch.equal(p2["mask"].bool(), pred & b["valid"])       # round 2's mask = round 1's answer
+    assert not p2["mask"][~b["valid"]].any()
+    t = b["target"].bool()
+    for n in range(4):
+        x, y = (int(v) for v in p2["points"][n, -1])
+        lab = bool(p2["labels"][n, -1])
+        assert lab == bool(t[n, y, x])                      # positive inside the object, negative outside
+        if (pred[n] ^ t[n])[b["valid"][n]].any():
+            assert pred[n, y, x] != t[n, y, x]              # in the error of the model's own prediction
+
+
+def test_training_step_with_click_rounds_moves_weights_and_exports(model, smoke_data, tmp_path):
+    """A few real training steps (every batch with correction rounds, lone points among
+    them): finite losses, the decoder moves, and the exported delta loads and records it."""
+    from RadSAMLib.models import load_model
+    from RadSAMLib.models.registry import read_delta
+    from training.config import Config
+    from training.train import run
+    out, store = smoke_data
+    cfg = Config.load(SMOKE, shards=[str(out / "abdomen_train.npz")], val_shards=[], out_dir=str(tmp_path / "run"),
+                      embed_cache="", steps=3, batch_size=2, lr=1e-3, prompt_mix={"points": 0.5, "mask+box": 0.5},
+                      click_rounds=2, click_prob=1.0, export_from="last", seed=1)
+    res = run(cfg, log=lambda *a: None, store=store)
+    assert res["step"] == 3 and all(np.isfinite(res["losses"]))
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "rounds" and all(int(r.split(",")[-1]) >= 1 for r in rows[1:])
+    tensors, record = read_delta(res["export"])
+    own = dict(model.named_parameters())
+    moved = [k for k, v in tensors.items() if not torch.allclose(v.float(), own[k].detach().float(), atol=1e-3)]
+    assert any(k.startswith("mask_decoder.") for k in moved)
+    assert record["config"]["click_rounds"] == 2
+    ft = load_model(res["export"], device="cpu")
+    assert ft.info.name == "radsam"
+    with pytest.raises(ValueError, match="click_prob"):
+        run(Config(click_prob=1.5, out_dir=str(tmp_path / "none")), log=lambda *a: None)
+    assert not (tmp_path / "none").exists()
 
 
 def test_bundled_delta_is_small_and_names_its_base():
@@ -173,6 +296,7 @@ def test_bundled_delta_segments_a_real_organ(abdomen, default_model, default_eng
     assert dice(r.mask, gt[z]) > 0.8
 
 
+@pytest.mark.slow
 def test_grown_mask_prompts_distillation_and_init_from(model, smoke_data, tmp_path):
     """``mask_prompt_grow`` grows every training mask prompt (and the shipped strategy says
     so); ``random_box`` batches (boxes of every size, anywhere) train toward the frozen base
@@ -220,6 +344,7 @@ def test_grown_mask_prompts_distillation_and_init_from(model, smoke_data, tmp_pa
     assert last.info.extra["steps"] == 5 and last.info.default_strategy == "mask+box:5:6"
 
 
+@pytest.mark.slow
 def test_full_fine_tuning_trains_the_encoder_and_exports_it(model, smoke_data, tmp_path):
     """``train_parts`` with ``image_encoder`` (the GPU path's full fine-tune; here 2 CPU
     steps on real slices): the encoder's weights move, its BatchNorm statistics do not,
@@ -281,3 +406,16 @@ def test_interpolated_delta_lies_between_base_and_delta(model, tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         interpolate(WEIGHTS, 1.5, tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_point_choice_primary_matches_the_slice_level_point_evaluation(model, smoke_data):
+    """The diagnostic's "primary" reading is what the evaluator's slice-level point start
+    gives (the inference engine keeps the primary output)."""
+    from training.data import load_shards
+    from training.point_choice import point_choice_dice
+    from training.validate import object_dice
+    out, store = smoke_data
+    sh = load_shards([out / "abdomen_eval.npz"])[0]
+    got = point_choice_dice(model, sh, store[sh.name])
+    ref = np.mean([object_dice(model, sh, store[sh.name], v, "slice", fast=False, start="point") for v in sh.objects])
+    assert abs(got["primary"] - ref) < 1e-6 and set(got) == {"primary", "alt_by_iou", "all_by_iou"}
