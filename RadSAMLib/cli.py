@@ -241,7 +241,9 @@ def _segment(args, volume, request, strategy):
     try:
         for label, interaction in request.interactions(session):
             bar.label = label
-            bar.follow(interaction)
+            if not bar.follow(interaction) and label.startswith("edit"):
+                print(f"radsam: note: the {label} changed nothing (the mask already agreed with it)",
+                      file=sys.stderr)
     finally:
         bar.close()
     return session, t_load, time.perf_counter() - t1

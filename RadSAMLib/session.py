@@ -314,10 +314,6 @@ class Session:
     def _state(self):
         return (dict(self.anchors), self.bounds, self.mode, self.source.copy())
 
-    @staticmethod
-    def _same_state(a, b) -> bool:
-        return a[:3] == b[:3] and np.array_equal(a[3], b[3])
-
     def _check_idle(self):
         if self._running is not None:
             raise RadSAMError("an interaction on this session is still running: finish or close it first")
@@ -357,13 +353,15 @@ class Session:
             self.engine.stop_prefetch()
             before, after = self._txn, self._txn_new
             self._txn = self._txn_new = None
-            if before:
+            if any(not np.array_equal(before[k][0], after[k][0]) for k in before):
                 self._undo.append(_Step(before, after, state_before, self._state()))
                 self._redo.clear()
-            elif not self._same_state(self._state(), state_before) and not cancelled:
-                self._undo.append(_Step({}, {}, state_before, self._state()))
-                self._redo.clear()
-            it.change = Change(sorted(before), cancelled=cancelled)
+                it.change = Change(sorted(before), cancelled=cancelled)
+            else:
+                # No voxel changed (a click where the mask already said so, a run cancelled
+                # before its first slice): no trace, so Undo never undoes nothing.
+                self._apply(before, state_before)
+                it.change = Change([], cancelled=cancelled)
             with self._lock:
                 self._running = None
 

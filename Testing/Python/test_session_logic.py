@@ -407,8 +407,22 @@ def test_slice_prompts_are_immutable_so_the_session_keeps_what_it_was_given(volu
         prompt.box = (0, 0, 5, 5)
     with pytest.raises(ValueError):
         prompt.mask[0, 0] = True            # read-only copy
-    s.edit(5, (25, 15), positive=True)      # a correction adds to a new anchor prompt
-    assert s.anchors[5].points == ((20.0, 12.0), (25.0, 15.0)) and prompt.points == ((20.0, 12.0),)
+    s.edit(5, (35, 15), positive=True)      # a correction adds to a new anchor prompt
+    assert s.anchors[5].points == ((20.0, 12.0), (35.0, 15.0)) and prompt.points == ((20.0, 12.0),)
+
+
+def test_an_interaction_that_changes_no_voxel_leaves_no_trace(volume):
+    """A click where the mask already says so changes nothing: no undo step (Undo must
+    never undo nothing), and the session is as before, the click not kept as an anchor."""
+    mask = np.zeros((J, I), bool)
+    mask[5:20, 10:30] = True
+    s = make_session(volume, strategy="mask")
+    s.segment(5, SlicePrompt(mask=mask), bounds=(4, 6))
+    before, anchors = s.mask.copy(), dict(s.anchors)
+    ch = s.edit(5, (25, 15), positive=True)            # inside the mask already
+    assert not ch and ch.slices == [] and not ch.cancelled
+    assert np.array_equal(s.mask, before) and s.anchors == anchors
+    assert s.undo().slices == [4, 5, 6] and not s.mask.any() and not s.can_undo   # the segment itself
 
 
 def test_engine_embeddings_can_be_seeded_and_shared_and_decodes_hooked(volume):

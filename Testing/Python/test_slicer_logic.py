@@ -454,14 +454,20 @@ def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engi
         ref.mask[:] = start                    # the logic starts from the segment's content
         ref.segment(SPLEEN_SLICE, SlicePrompt(mask=start[SPLEEN_SLICE] > 0), bounds=bounds)
         assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
-        # A positive click on slice 21, where the spleen is: placed at its world position.
-        ys, xs = np.nonzero(abdomen[2][21] == SPLEEN)
-        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+        # A click on slice 21 where the result is wrong (the deepest missed or leaked
+        # spleen voxel, so it changes the mask), placed at its world position.
+        from scipy import ndimage
+        gt21, cur = abdomen[2][21] == SPLEEN, ref.mask[21] > 0
+        positive = (gt21 & ~cur).sum() >= (cur & ~gt21).sum()
+        wrong = gt21 & ~cur if positive else cur & ~gt21
+        assert wrong.any()
+        depth = ndimage.distance_transform_edt(wrong)
+        y, x = (int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
         click = mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "click")
         click.AddControlPoint(*ras_of(vol, [[21, y, x]])[0])
         ras = mk.control_points_world(click)[0]
-        change = logic.wait(logic.start_edit_at(t, ras, positive=True))
-        ref_change = ref.edit(21, (x, y), positive=True)
+        change = logic.wait(logic.start_edit_at(t, ras, positive=positive))
+        ref_change = ref.edit(21, (x, y), positive=positive)
         assert change.slices == ref_change.slices and 21 in change.slices
         assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
         with pytest.raises(Exception, match="empty on slice 3"):
