@@ -108,10 +108,8 @@ def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, a
     that checkpoint from the step it reached."""
     from RadSAMLib.accel.cache import weights_sha256
     from RadSAMLib.models import load_model
-    from test_training import assert_delta_predicts
-    from training.config import Config
-    from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
-    from training.objective import decode_batch, loss_fn
+    from test_training import assert_delta_predicts, fixed_batch_loss
+    from training.data import load_shards
     out, store = smoke_data
     cache = tmp_path / "emb" / weights_sha256(model.image_encoder)[:16]   # EmbeddingStore's layout
     cache.mkdir(parents=True)
@@ -135,14 +133,7 @@ def test_two_process_training_exports_and_resumes(model, smoke_data, tmp_path, a
     assert [v.split(",")[0] for v in val[1:]] == ["0", "10"]
     ft = load_model(str(run_dir / "radsam_litemedsam.safetensors"), device="cpu")
     assert ft.info.name == "radsam" and ft.info.extra["steps"] == 10
-    shards = load_shards(cfg["shards"])
-    fixed = BatchStream(shards, SampleIndex(shards), Config(batch_size=8, prompt_mix={"mask": 1.0}), seed=0,
-                        mask_size=model.mask_input_size).batch(np.random.default_rng(7))
-
-    def fixed_loss(m):
-        with torch.no_grad():
-            lg, iou = decode_batch(m, batch_embeddings(store, shards, fixed), mask=fixed["mask"])
-            return loss_fn(lg, iou, fixed["target"])[0].item()
+    fixed_loss = fixed_batch_loss(store, load_shards(cfg["shards"]), model.mask_input_size)
     before, after = fixed_loss(model), fixed_loss(ft)
     assert after < 0.9 * before, (before, after)
     assert_delta_predicts(ft, abdomen, store)

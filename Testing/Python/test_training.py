@@ -161,22 +161,13 @@ def test_decode_batch_matches_single_decode(model, smoke_data):
 def test_smoke_training_loss_falls_and_export_loads(model, smoke_data, tmp_path, abdomen):
     from RadSAMLib.models import load_model
     from training.config import Config
-    from training.data import BatchStream, SampleIndex, batch_embeddings, load_shards
-    from training.objective import decode_batch, loss_fn
+    from training.data import load_shards
     from training.train import run
     out, store = smoke_data
     cfg = Config.load(SMOKE, shards=[str(out / "abdomen_train.npz")], val_shards=[str(out / "abdomen_eval.npz")],
                       out_dir=str(tmp_path / "run"), embed_cache="", steps=10, batch_size=2, lr=3e-4,
                       max_val_objects=1, val_every=10, prompt_mix={"mask": 1.0})
-    shards = load_shards(cfg.shards)
-    fixed = BatchStream(shards, SampleIndex(shards), Config(batch_size=8, prompt_mix={"mask": 1.0}), seed=0,
-                        mask_size=model.mask_input_size).batch(np.random.default_rng(7))
-
-    def fixed_loss(m):
-        with torch.no_grad():
-            lg, iou = decode_batch(m, batch_embeddings(store, shards, fixed), mask=fixed["mask"])
-            return loss_fn(lg, iou, fixed["target"])[0].item()
-
+    fixed_loss = fixed_batch_loss(store, load_shards(cfg.shards), model.mask_input_size)
     before = fixed_loss(model)
     res = run(cfg, log=lambda *a: None, store=store)
     assert res["step"] == 10 and (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "last.pt").is_file()
@@ -189,6 +180,22 @@ def test_smoke_training_loss_falls_and_export_loads(model, smoke_data, tmp_path,
     assert after < 0.9 * before, (before, after)
     # ... and it predicts through the inference engine: a mask prompt on a real slice.
     assert_delta_predicts(ft, abdomen, store)
+
+
+def fixed_batch_loss(store, shards, mask_size):
+    """``loss(model)`` on one fixed batch of mask prompts from ``shards`` (the smoke
+    trainings check that it falls)."""
+    from training.config import Config
+    from training.data import BatchStream, SampleIndex, batch_embeddings
+    from training.objective import decode_batch, loss_fn
+    fixed = BatchStream(shards, SampleIndex(shards), Config(batch_size=8, prompt_mix={"mask": 1.0}), seed=0,
+                        mask_size=mask_size).batch(np.random.default_rng(7))
+
+    def loss(m):
+        with torch.no_grad():
+            lg, iou = decode_batch(m, batch_embeddings(store, shards, fixed), mask=fixed["mask"])
+            return loss_fn(lg, iou, fixed["target"])[0].item()
+    return loss
 
 
 def assert_delta_predicts(ft, abdomen, store, z=16):

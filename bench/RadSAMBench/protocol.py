@@ -255,8 +255,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
         k, (x, y), pos = ed
         out[log].append([int(k), int(x), int(y), int(pos)])   # pixel indices
         try:
-            oracle.follow(sess.edit_iter(k, (x, y), positive=pos))
-            return True
+            return bool(oracle.follow(sess.edit_iter(k, (x, y), positive=pos)))   # a click that changed nothing is no undo step
         except RadSAMError as e:    # recorded, not fatal: a long run must not die on one click
             out["edit_errors"].append(f"{k} {x:g} {y:g} {int(pos)}: {e}")
             return False
