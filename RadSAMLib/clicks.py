@@ -151,19 +151,35 @@ def edit_slice(engine, strategy, idx: int, anchor: SlicePrompt, prev: np.ndarray
     # unless taking it would remove more than half of the current mask: one negative click
     # is about a leak, not about the object (the base model given a click on a leak may
     # answer with another structure). With none, the disk fallback below still acts.
+    def key(m, score):
+        kept = (prev & region_edit(prev, m, xy, labs, -1.0)).sum() / max(1, prev.sum())
+        return (_honours(m, xy, labs) and kept >= 0.5, score)
+    out = reorder(*_best_mask(results, key))
+    return _with_primary(out, region_edit(prev, out.mask, xy, labs, cfg.fallback / engine.frame.scale))
+
+
+def _honours(mask: np.ndarray, xy, labels) -> bool:
+    """Every click's pixel says what the click says (in for positive, out for negative)."""
+    return all(bool(mask[y, x]) == bool(lab) for (x, y), lab in zip(xy, labels))
+
+
+def _best_mask(results, key):
+    """``(result, n)``: of the 4 masks of every result, the one with the highest
+    ``key(mask, predicted IoU)``; the first on a tie."""
     best, best_key = None, None
     for r in results:
         for n, m in enumerate(r.masks):
-            honours = all(bool(m[y, x]) == bool(lab) for (x, y), lab in zip(xy, labs))
-            kept = (prev & region_edit(prev, m, xy, labs, -1.0)).sum() / max(1, prev.sum())
-            key = (honours and kept >= 0.5, float(r.scores[n]))
-            if best_key is None or key > best_key:
-                best, best_key = (r, n), key
-    r, n = best
-    out = reorder(r, n)
-    masks = out.masks.copy()
-    masks[0] = region_edit(prev, masks[0], xy, labs, cfg.fallback / engine.frame.scale)
-    return type(out)(masks=masks, scores=out.scores, logits=out.logits)
+            k = key(m, float(r.scores[n]))
+            if best_key is None or k > best_key:
+                best, best_key = (r, n), k
+    return best
+
+
+def _with_primary(result, mask: np.ndarray):
+    """``result`` with its primary mask replaced by ``mask``."""
+    masks = result.masks.copy()
+    masks[0] = mask
+    return type(result)(masks=masks, scores=result.scores, logits=result.logits)
 
 
 def region_edit(prev: np.ndarray, new: np.ndarray, clicks, labels, fallback: float) -> np.ndarray:
@@ -200,21 +216,13 @@ def _legacy_edit(results, prev, xy, labs):
     """The edit rule before issue 12: of the 8 masks, the one that honours every click and
     changes the current mask least wins (a mask with Dice < 0.5 to the current one counts
     as a jump to another structure), then :func:`local_edit`."""
-    best, best_key = None, None
-    for r in results:
-        for n, m in enumerate(r.masks):
-            near = dice(m, prev) if prev.any() else 0.0
-            honours = all(bool(m[y, x]) == bool(lab) for (x, y), lab in zip(xy, labs))
-            key = (honours and (near >= 0.5 or not prev.any()), near, float(r.scores[n]))
-            if best_key is None or key > best_key:
-                best, best_key = (r, n), key
-    r, n = best
-    out = reorder(r, n)
+    def key(m, score):
+        near = dice(m, prev) if prev.any() else 0.0
+        return (_honours(m, xy, labs) and (near >= 0.5 or not prev.any()), near, score)
+    out = reorder(*_best_mask(results, key))
     if not prev.any():
         return out
-    masks = out.masks.copy()
-    masks[0] = local_edit(prev, masks[0], xy, labs)
-    return type(out)(masks=masks, scores=out.scores, logits=out.logits)
+    return _with_primary(out, local_edit(prev, out.mask, xy, labs))
 
 
 def local_edit(prev: np.ndarray, new: np.ndarray, clicks: np.ndarray, labels) -> np.ndarray:
