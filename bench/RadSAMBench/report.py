@@ -212,10 +212,24 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
-def plot_edits(results: dict, path) -> Path | None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_edits(results: dict, path) -> Path | None:
+    plt = _pyplot()
     recs = all_records(results)
     panels = [(lv, p) for lv in ("volume", "slice") for p in ("box", "point")
               if any(r["level"] == lv and r["prompt_kind"] == p for r in recs)]
@@ -247,17 +261,12 @@ def plot_edits(results: dict, path) -> Path | None:
     axes[0][0].set_ylabel("mean 3D Dice")
     for ax in axes[0]:
         ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_clicks(results: dict, path) -> Path | None:
     """Mean Dice vs clicks, one panel per click model x start prompt."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     recs = all_records(results)
     panels = []
     for cm in ("challenge", "uniform"):
@@ -279,16 +288,11 @@ def plot_clicks(results: dict, path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("mean 3D Dice")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_organs(results: dict, path) -> Path | None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
     recs = all_records(results)
     cols = _organ_columns(recs, results)
@@ -318,10 +322,7 @@ def plot_organs(results: dict, path) -> Path | None:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     axes[-1, 0].set_xticks(x)
     axes[-1, 0].set_xticklabels(organs, rotation=30, ha="right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def write_report(results: dict, out_dir, plots: bool = True) -> list:
