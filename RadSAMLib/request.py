@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import BoundsError, PromptError, RadSAMError
 from .prompts import SlicePrompt
+from .slices import slice_index
 
 # Keys of a prompts file and of its per-slice and per-edit objects; anything else is a
 # typo that would silently drop the user's prompt ("point" for "points").
@@ -198,9 +199,7 @@ def check_request(spec: dict, shape, axis: int = 0, mask_volume=None) -> Request
             raise PromptError("give the prompt slice: --slice K (or \"slice\" in the prompts file)")
         if mask_volume is not None:
             idx = check_slice_index(spec["slice"], n, axis, "prompt slice")
-            key = [slice(None)] * 3
-            key[axis] = idx
-            mask = mask_volume[tuple(key)]
+            mask = mask_volume[slice_index(axis, idx)]
             if not mask.any():
                 raise PromptError(f"the mask prompt is empty on prompt slice {idx}")
         prompt = _slice_prompt(spec, mask)

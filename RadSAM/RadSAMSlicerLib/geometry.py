@@ -13,6 +13,8 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
+from RadSAMLib.slices import slice_index   # torch-free; the one definition
+
 from .errors import user_error
 
 
@@ -61,9 +63,7 @@ def volume_slice(volume_node, axis: int, idx: int) -> np.ndarray:
     image = volume_node.GetImageData()
     ni, nj, nk = image.GetDimensions()
     flat = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nk, nj, ni)
-    key = [slice(None)] * 3
-    key[axis] = int(idx)
-    return np.array(flat[tuple(key)], dtype=np.float32)
+    return np.array(flat[slice_index(axis, int(idx))], dtype=np.float32)
 
 
 def volume_shape(volume_node) -> tuple:
