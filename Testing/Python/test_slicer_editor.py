@@ -23,7 +23,7 @@ if not hasattr(slicer, "vtkSlicerSegmentEditorLogic"):
 from vtk.util import numpy_support  # noqa: E402
 
 from RadSAMSlicerLib import editor, segmentio  # noqa: E402
-from test_slicer_logic import (SPLEEN_BOUNDS, SPLEEN_SLICE, Mrml, fill_segment, make_logic,  # noqa: E402,F401
+from test_slicer_logic import (SPLEEN_BOUNDS, SPLEEN_SLICE, ct_engine, fill_segment, logic_on_ct,  # noqa: E402,F401
                                spleen_reference)
 
 SHAPE = (8, 20, 24)
@@ -147,12 +147,8 @@ def test_the_editable_area_is_honoured():
 
 def test_a_radsam_step_is_one_editor_undo_state(model, abdomen, abdomen_engine, spleen_reference):
     from RadSAMLib.prompts import SlicePrompt
-    mrml = Mrml()
-    vol = mrml.load_ct()
     box, expected_mask = spleen_reference
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, abdomen_engine)) as (mrml, vol, logic, seg):
         liver = (abdomen[2] == 5).astype(np.uint8)
         other = fill_segment(mrml, seg, "liver", liver, vol)
         sid = fill_segment(mrml, seg, "spleen", None, vol)
@@ -171,5 +167,3 @@ def test_a_radsam_step_is_one_editor_undo_state(model, abdomen, abdomen_engine, 
         assert np.array_equal(segmentio.read_segment(seg, other, vol), liver)
         ed.logic.Redo()
         assert np.array_equal(segmentio.read_segment(seg, sid, vol), expected_mask)
-    finally:
-        logic.shutdown()

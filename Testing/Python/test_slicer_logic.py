@@ -10,6 +10,7 @@ reused: a geometry bug shows up as a wrong prompt, i.e. a different result.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -152,13 +153,28 @@ def spleen_reference(model, abdomen, abdomen_engine):
     return box, s.mask.copy()
 
 
-def make_logic(mrml, model, abdomen, engine, **kw):
+def ct_engine(abdomen, engine):
+    """An engine factory that hands out ``engine`` once it has checked what the logic read."""
     def engine_factory(m, volume, axis, window):
         # The logic must have read exactly the CT's voxels, in (k, j, i) order.
         assert axis == 0 and volume.dtype == np.int16 and np.array_equal(volume, abdomen[1])  # a copy, int16 kept
         assert window == engine.window        # the shared engine's slices are encoded under the default
         return engine
-    return RadSAMLogic(mrml.scene, model_loader=lambda spec: model, engine_factory=engine_factory, **kw)
+    return engine_factory
+
+
+@contextlib.contextmanager
+def logic_on_ct(model, engine_factory, **geometry):
+    """A fresh scene holding the CT (``geometry``: ``Mrml.load_ct``'s options), a RadSAMLogic
+    on it and a new segmentation of the CT: yields (mrml, vol, logic, seg). The logic's
+    worker thread is shut down however the test ends."""
+    mrml = Mrml()
+    vol = mrml.load_ct(**geometry)
+    logic = RadSAMLogic(mrml.scene, model_loader=lambda spec: model, engine_factory=engine_factory)
+    try:
+        yield mrml, vol, logic, logic.create_segmentation(vol)
+    finally:
+        logic.shutdown()
 
 
 def rounded(prompts):
@@ -295,12 +311,8 @@ def test_slicer_replace_with_an_extent_replaces_the_whole_segment(abdomen):
 # -- propagation into a segmentation ------------------------------------------------------
 @pytest.mark.parametrize("name", ["plain", "oblique+transform"])
 def test_propagation_is_written_voxel_exact(name, model, abdomen, abdomen_engine, spleen_reference):
-    mrml = Mrml()
-    vol = mrml.load_ct(**GEOMETRIES[name])
     box, expected = spleen_reference
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, abdomen_engine), **GEOMETRIES[name]) as (mrml, vol, logic, seg):
         liver = (abdomen[2] == LIVER).astype(np.uint8)
         kidney = (abdomen[2] == KIDNEY_L).astype(np.uint8)
         other = fill_segment(mrml, seg, "liver", liver, vol)
@@ -315,18 +327,12 @@ def test_propagation_is_written_voxel_exact(name, model, abdomen, abdomen_engine
         assert got.sum() > 1000 and np.array_equal(got, expected)
         assert np.array_equal(segment_voxels(seg, other, vol), liver)
         assert np.array_equal(segment_voxels(seg, third, vol), kidney)
-    finally:
-        logic.shutdown()
 
 
 def test_undo_redo_and_edit_restore_exact_labelmaps(model, abdomen, abdomen_engine, spleen_reference):
     from RadSAMLib.prompts import SlicePrompt
-    mrml = Mrml()
-    vol = mrml.load_ct(transform=True)
     box, expected = spleen_reference
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, abdomen_engine), transform=True) as (mrml, vol, logic, seg):
         # The target segment already holds voxels (a hand-drawn kidney) on every slice.
         before = (abdomen[2] == KIDNEY_L).astype(np.uint8)
         sid = fill_segment(mrml, seg, "work", before, vol)
@@ -356,8 +362,6 @@ def test_undo_redo_and_edit_restore_exact_labelmaps(model, abdomen, abdomen_engi
         assert np.array_equal(segment_voxels(seg, sid, vol), after)
         logic.undo()
         assert np.array_equal(segment_voxels(seg, sid, vol), before)
-    finally:
-        logic.shutdown()
 
 
 class SlowEngine:
@@ -380,12 +384,8 @@ class SlowEngine:
 
 def test_cancel_mid_run_leaves_each_slice_old_or_new(model, abdomen, abdomen_engine, spleen_reference):
     from RadSAMLib.prompts import SlicePrompt
-    mrml = Mrml()
-    vol = mrml.load_ct()
     box, expected = spleen_reference
-    logic = make_logic(mrml, model, abdomen, SlowEngine(abdomen_engine, 0.15))
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, SlowEngine(abdomen_engine, 0.15))) as (mrml, vol, logic, seg):
         before = (abdomen[2] == LIVER).astype(np.uint8)   # old content differs from the result
         sid = fill_segment(mrml, seg, "work", before, vol)
         t = logic.target_for(vol, seg, sid)
@@ -411,18 +411,12 @@ def test_cancel_mid_run_leaves_each_slice_old_or_new(model, abdomen, abdomen_eng
         assert not logic.busy
         logic.undo()
         assert np.array_equal(segment_voxels(seg, sid, vol), before)
-    finally:
-        logic.shutdown()
 
 
 def test_core_errors_reach_the_caller(model, abdomen, abdomen_engine):
     from RadSAMLib.errors import BoundsError, RadSAMError
     from RadSAMLib.prompts import SlicePrompt
-    mrml = Mrml()
-    vol = mrml.load_ct()
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, abdomen_engine)) as (mrml, vol, logic, seg):
         sid = logic.add_segment(seg)
         t = logic.target_for(vol, seg, sid)
         with pytest.raises(BoundsError, match="bottom and the top"):
@@ -430,8 +424,6 @@ def test_core_errors_reach_the_caller(model, abdomen, abdomen_engine):
         with pytest.raises(RadSAMError, match="outside the volume"):
             logic.segment(t, 10, SlicePrompt(box=(10, 10, 30, 30)), (0, 40))
         assert not segment_voxels(seg, sid, vol).any() and not logic.busy
-    finally:
-        logic.shutdown()
 
 
 def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engine):
@@ -439,14 +431,11 @@ def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engi
     click placed in world RAS on an oblique, transformed volume give RadSAMLib's result."""
     from RadSAMLib.prompts import SlicePrompt
     from RadSAMLib.session import Session
-    mrml = Mrml()
-    vol = mrml.load_ct(oblique=True, transform=True)
     bounds = (20, 24)
     start = np.zeros_like(abdomen[2], dtype=np.uint8)
     start[SPLEEN_SLICE] = abdomen[2][SPLEEN_SLICE] == SPLEEN       # drawn by hand on one slice
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    engine = ct_engine(abdomen, abdomen_engine)
+    with logic_on_ct(model, engine, oblique=True, transform=True) as (mrml, vol, logic, seg):
         sid = fill_segment(mrml, seg, "spleen", start, vol)
         t = logic.target_for(vol, seg, sid)
         logic.wait(logic.start_segment_from_markups(t, bounds, mask_slice=SPLEEN_SLICE))
@@ -472,38 +461,26 @@ def test_mask_prompt_and_click_edit_match_radsamlib(model, abdomen, abdomen_engi
         assert np.array_equal(segment_voxels(seg, sid, vol), ref.mask)
         with pytest.raises(Exception, match="empty on slice 3"):
             logic.start_segment_from_markups(t, bounds, mask_slice=3)
-    finally:
-        logic.shutdown()
 
 
 def test_bottom_and_top_work_whichever_way_the_slice_axis_runs(model, abdomen, abdomen_engine, spleen_reference):
     """Bottom/Top are the organ's ends in patient terms: on a volume whose k axis runs
     inferior the bottom has the higher index; both orders give the same result."""
     from RadSAMLib.prompts import SlicePrompt
-    mrml = Mrml()
-    vol = mrml.load_ct()
     box, expected = spleen_reference
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, abdomen_engine)) as (mrml, vol, logic, seg):
         sid = logic.add_segment(seg)
         t = logic.target_for(vol, seg, sid)
         change = logic.segment(t, SPLEEN_SLICE, SlicePrompt(box=box), SPLEEN_BOUNDS[::-1])
         assert change.slices == list(range(SPLEEN_BOUNDS[0], SPLEEN_BOUNDS[1] + 1))
         assert np.array_equal(segment_voxels(seg, sid, vol), expected)
-    finally:
-        logic.shutdown()
 
 
 def test_a_click_during_a_run_is_queued_and_runs_after_it(model, abdomen, abdomen_engine, spleen_reference):
     from RadSAMLib.prompts import SlicePrompt
     from RadSAMLib.session import Session
-    mrml = Mrml()
-    vol = mrml.load_ct()
     box, _ = spleen_reference
-    logic = make_logic(mrml, model, abdomen, SlowEngine(abdomen_engine, 0.05))
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, SlowEngine(abdomen_engine, 0.05))) as (mrml, vol, logic, seg):
         sid = logic.add_segment(seg)
         t = logic.target_for(vol, seg, sid)
         first = logic.start_segment(t, SPLEEN_SLICE, SlicePrompt(box=box), SPLEEN_BOUNDS)
@@ -528,18 +505,12 @@ def test_a_click_during_a_run_is_queued_and_runs_after_it(model, abdomen, abdome
         assert logic.queued == 0
         logic.wait()
         assert not logic.busy
-    finally:
-        logic.shutdown()
 
 
 def test_removing_a_volume_releases_its_encoded_slices(model, abdomen, abdomen_engine, spleen_reference):
     from RadSAMLib.prompts import SlicePrompt
-    mrml = Mrml()
-    vol = mrml.load_ct()
     box, _ = spleen_reference
-    logic = make_logic(mrml, model, abdomen, abdomen_engine)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, ct_engine(abdomen, abdomen_engine)) as (mrml, vol, logic, seg):
         t = logic.target_for(vol, seg, logic.add_segment(seg))
         logic.segment(t, SPLEEN_SLICE, SlicePrompt(box=box), (SPLEEN_SLICE - 1, SPLEEN_SLICE + 1))
         assert logic._engines and logic._sessions
@@ -547,5 +518,3 @@ def test_removing_a_volume_releases_its_encoded_slices(model, abdomen, abdomen_e
         assert logic._engines and logic._sessions
         logic.forget_volume(vol.GetID())
         assert not logic._engines and not logic._sessions and logic.target is None
-    finally:
-        logic.shutdown()

@@ -66,8 +66,7 @@ def test_the_slicer_logic_encodes_under_the_chosen_window(model, abdomen, abdome
     pytest.importorskip("slicer", reason="needs the slicer-core wheel")
     sys.path.insert(0, str(ROOT / "RadSAM"))
     from RadSAMLib.prompts import SlicePrompt, box_of_mask
-    from RadSAMSlicerLib import RadSAMLogic
-    from test_slicer_logic import Mrml
+    from test_slicer_logic import logic_on_ct
 
     seen = []
 
@@ -75,11 +74,7 @@ def test_the_slicer_logic_encodes_under_the_chosen_window(model, abdomen, abdome
         seen.append(window)
         return abdomen_engine           # its embeddings do not matter here: which window is asked for does
 
-    mrml = Mrml()
-    vol = mrml.load_ct()
-    logic = RadSAMLogic(mrml.scene, model_loader=lambda spec: model, engine_factory=factory)
-    try:
-        seg = logic.create_segmentation(vol)
+    with logic_on_ct(model, factory) as (mrml, vol, logic, seg):
         t = logic.target_for(vol, seg, logic.add_segment(seg))
         lung = np.isin(abdomen[2], (13, 14))
         k = int(np.argmax(lung.sum(axis=(1, 2))))
@@ -100,5 +95,3 @@ def test_the_slicer_logic_encodes_under_the_chosen_window(model, abdomen, abdome
         logic.window = "nonsense"
         with pytest.raises(RadSAMError, match="unknown window"):
             logic.start_segment(t, k, SlicePrompt(box=box), (k - 2, k))
-    finally:
-        logic.shutdown()
