@@ -48,6 +48,16 @@ def synthetic_volume(s, shape=SHAPE, spacing=(0.8, 0.7, 2.5), origin=(-20.0, 15.
     return vol
 
 
+def empty_segment(name):
+    """A scene with a synthetic volume and a segmentation holding one empty segment
+    ``name``: (scene, volume, segmentation node, segment id); the caller holds the scene,
+    which its nodes live no longer than."""
+    s = scene()
+    vol = synthetic_volume(s)
+    node = s.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    return s, vol, node, node.GetSegmentation().AddEmptySegment("", name)
+
+
 def oriented_blob(grid_4x4, extent, fill):
     """A uint8 labelmap on ``grid_4x4`` (IJK -> segmentation frame) with ``fill(k, j, i)``."""
     img = slicer.vtkOrientedImageData()
@@ -160,10 +170,7 @@ def test_a_volume_under_a_rotating_transform_leaves_other_segments_on_their_grid
 
 def test_a_target_with_voxels_on_another_grid_is_refused_untouched():
     from RadSAMLib.errors import RadSAMError
-    s = scene()
-    vol = synthetic_volume(s)
-    node = s.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    sid = node.GetSegmentation().AddEmptySegment("", "fine")
+    s, vol, node, sid = empty_segment("fine")
     fine = geo.ijk_to_node_frame(vol, node) @ np.diag([0.5, 0.5, 0.5, 1.0])
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     logic.SetBinaryLabelmapToSegment(oriented_blob(fine, (0, 9, 0, 9, 0, 3), lambda k, j, i: i > 4),
@@ -175,10 +182,7 @@ def test_a_target_with_voxels_on_another_grid_is_refused_untouched():
 
 
 def test_slices_are_written_in_place_and_the_extent_grows_only_when_needed():
-    s = scene()
-    vol = synthetic_volume(s)
-    node = s.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    sid = node.GetSegmentation().AddEmptySegment("", "work")
+    s, vol, node, sid = empty_segment("work")
     events = []
     node.GetSegmentation().AddObserver(slicer.vtkSegmentation.SourceRepresentationModified,
                                        lambda caller, event: events.append(event))
