@@ -91,10 +91,10 @@ class Interaction:
     to the end and returns it.
     """
 
-    def __init__(self, session: "Session", plan):
+    def __init__(self, session: "Session", plan, new_prompt: bool = False):
         self._cancel = threading.Event()
         self.change: Change | None = None
-        self._gen = session._stream(self, plan)
+        self._gen = session._stream(self, plan, new_prompt)
 
     def __iter__(self):
         return self
@@ -228,7 +228,7 @@ class Session:
                 yield from self._propagation(idx, +1)
                 yield from self._propagation(idx, -1)
             return hi - lo + 1, steps()
-        return Interaction(self, plan)
+        return Interaction(self, plan, new_prompt=True)
 
     def edit_iter(self, slice_idx: int, point, positive: bool = True) -> Interaction:
         """A correction point ``(x, y)`` on ``slice_idx``: re-run that slice with its current
@@ -269,7 +269,7 @@ class Session:
             self.engine.prefetch(order)
             return len(order), ((idx, clicks_mod.predict_prompt(self.engine, idx, prompts[idx], self.config.clicks), idx)
                                 for idx in order)
-        return Interaction(self, plan)
+        return Interaction(self, plan, new_prompt=True)
 
     def segment(self, slice_idx: int, prompt: SlicePrompt, bounds=None) -> Change:
         """:meth:`segment_iter`, run to the end."""
@@ -318,11 +318,13 @@ class Session:
         if self._running is not None:
             raise RadSAMError("an interaction on this session is still running: finish or close it first")
 
-    def _stream(self, it: Interaction, plan):
+    def _stream(self, it: Interaction, plan, new_prompt: bool = False):
         """The body of every interaction: ``plan()`` sets the session's state and returns
         ``(expected slice count, iterator of (slice, result, source))``; each slice is
         written and reported as the caller asks for it. The undo step is committed in the
-        ``finally``, however the run ends (finished, cancelled, closed, failed)."""
+        ``finally``, however the run ends (finished, cancelled, closed, failed).
+        ``new_prompt``: a segmentation (not a click), whose prompts and bounds stay even if
+        it finds nothing."""
         with self._lock:
             self._check_idle()
             self._running = it
@@ -359,8 +361,14 @@ class Session:
                 it.change = Change(sorted(before), cancelled=cancelled)
             else:
                 # No voxel changed (a click where the mask already said so, a run cancelled
-                # before its first slice): no trace, so Undo never undoes nothing.
-                self._apply(before, state_before)
+                # before its first slice): no undo step, so Undo never undoes nothing. A
+                # click leaves no trace either; a prompt that found nothing keeps its anchors
+                # and bounds (the user's next click must stay within the bounds they gave),
+                # and, a new request, ends what could be redone.
+                if new_prompt and not cancelled:
+                    self._redo.clear()
+                else:
+                    self._apply(before, state_before)
                 it.change = Change([], cancelled=cancelled)
             with self._lock:
                 self._running = None

@@ -425,6 +425,20 @@ def test_an_interaction_that_changes_no_voxel_leaves_no_trace(volume):
     assert s.undo().slices == [4, 5, 6] and not s.mask.any() and not s.can_undo   # the segment itself
 
 
+def test_a_prompt_that_finds_nothing_keeps_its_bounds_for_the_next_click(volume):
+    """A segmentation whose result is empty changes no voxel (no undo step), but the user's
+    prompt and bounds stay: the next click answers to them and stays within the bounds."""
+    s = make_session(volume, strategy="mask")
+    nothing = SlicePrompt(points=[(20, 12), (20, 12)], labels=[1, 0])   # the stand-in answers: empty
+    ch = s.segment(5, nothing, bounds=(4, 6))
+    assert not ch and not s.mask.any() and not s.can_undo
+    assert s.bounds == (4, 6) and s.mode == "volume" and list(s.anchors) == [5]
+    ch = s.edit(5, (30, 20), positive=True)
+    assert ch.slices == [4, 5, 6]
+    assert s.mask[4:7].any(axis=(1, 2)).all() and not s.mask[:4].any() and not s.mask[7:].any()
+    assert s.undo().slices == [4, 5, 6] and not s.mask.any()
+
+
 def test_engine_embeddings_can_be_seeded_and_shared_and_decodes_hooked(volume):
     m = FakeModel()
     a = SliceEngine(m, volume)
