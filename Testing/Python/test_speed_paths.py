@@ -216,3 +216,21 @@ def test_default_model_loads_without_timm():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+def test_bench_speed_counts_the_slices_an_edit_reruns():
+    """The edit timings are per slice re-run: a click where the mask already agrees
+    changes no voxel (an empty Change) but still costs its re-propagation."""
+    from RadSAMBench.speedbench import _time_edits
+    from RadSAMLib.config import RadSAMConfig
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+    from fakes import FakeModel
+    vol = np.full((12, 50, 64), 40.0, np.float32)
+    sess = Session.from_volume(FakeModel(), vol, config=RadSAMConfig(strategy="mask"))
+    box = (10, 5, 30, 20)
+    sess.segment(5, SlicePrompt(box=box), bounds=(2, 9))
+    row = {}
+    _time_edits(sess, (5, box, None), torch.device("cpu"), row)
+    assert row["edit_conv_slices"] == 3     # the clicked slice, then one agreeing slice each way
+    assert row["edited"] == 8               # the forced edit: every slice of the bounds
