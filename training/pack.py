@@ -16,6 +16,18 @@ Usage::
 
     python -m training.pack --openkbp ../shared/data/openkbp --split train --first 0 --count 80 --out DIR
     python -m training.pack --abdomen ../shared/data/totalseg_example --exclude 1,2,3,4,5,6,7,52,63 --out DIR
+    python -m training.pack --pair ../shared/data/chaos_ct --derive lungs --zoom 1 --out DIR
+
+Two augmentations are packed as shards of their own, so their slices are encoded once
+like any other (the CPU path trains on cached embeddings, which cannot be cropped):
+
+* ``--zoom N``: N *zoom shards* per object (:func:`zoom_shard`): one square crop around the
+  object's extent over all its slices, resized to the model's 256 px, with the object
+  covering 10-80% of the frame. Points on large regions and small organs seen large are
+  what the head-and-neck data never showed the decoder.
+* ``--derive lungs``: large air regions inside the body (:func:`derive_lungs`), added as
+  objects of their own where the volume does not label them: real regions a click inside
+  a large organ-sized area must return whole.
 """
 from __future__ import annotations
 
@@ -69,10 +81,158 @@ def pack_volume(hu: np.ndarray, lab: np.ndarray, objects: dict, out: Path, sourc
             "skipped_empty_ct": int((np.isin(lab, list(objects)).reshape(len(lab), -1).any(1) & ~body).sum())}
 
 
-def _read(ct_path, lab_path):
+# Derived objects get label values above any source label.
+DERIVED = {"lungs": 250}
+LUNG_HU = -400.0          # air/lung parenchyma is below this; soft tissue, fat and bowel wall above
+LUNG_MIN_ML = 40.0        # an air region smaller than this is bowel gas, not a lung
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """bool ``(k, j, i)``: the patient's body: the largest tissue component, holes filled per slice."""
+    from scipy import ndimage as ndi
+    tissue = hu > BODY_HU
+    lab, n = ndi.label(tissue)
+    if n == 0:
+        return tissue
+    body = lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+    return np.stack([ndi.binary_fill_holes(s) for s in body])
+
+
+def derive_lungs(hu: np.ndarray, spacing, min_ml: float = LUNG_MIN_ML) -> list:
+    """Lungs (or any large air region inside the body) of a ``(k, j, i)`` HU volume:
+    3D components of air enclosed by the body, each at least ``min_ml`` millilitres,
+    largest first. ``spacing`` is in mm, ``(k, j, i)`` order. Returns bool masks."""
+    from scipy import ndimage as ndi
+    air = (hu < LUNG_HU) & body_mask(hu)
+    lab, n = ndi.label(air)
+    if n == 0:
+        return []
+    ml = np.bincount(lab.ravel())[1:] * float(np.prod(spacing)) / 1000.0
+    order = [int(i) for i in np.argsort(-ml) if ml[i] >= min_ml]
+    return [lab == 1 + i for i in order]
+
+
+def add_derived(hu, lab, spacing, names: dict, derive) -> tuple:
+    """``lab`` and ``names`` with the derived objects added where ``lab`` is background
+    (a labelled voxel keeps its label). Each lung component is its own object."""
+    lab = lab.copy()
+    names = dict(names)
+    for kind in derive:
+        if kind != "lungs":
+            raise ValueError(f"unknown derived object '{kind}' (choose: {', '.join(DERIVED)})")
+        for n, m in enumerate(derive_lungs(hu, spacing)[:2]):
+            v = DERIVED["lungs"] + n
+            lab[m & (lab == 0)] = v
+            names[v] = "derived_lung"  # one class: both lungs weigh as one object
+    return lab, names
+
+
+def _resize_slice(a: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+    t = torch.as_tensor(a[None, None].astype(np.float32))
+    if nearest:
+        return F.interpolate(t, size=(size, size), mode="nearest-exact")[0, 0].numpy()
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def zoom_box(extent_box, shape, frac: float):
+    """The square crop ``(r0, c0, side)`` in which the object's box ``(r0, c0, r1, c1)``
+    (inclusive) spans ``frac`` of the side, centred on it and moved inside the slice; None
+    when the slice is too small for that crop (the object already fills that much)."""
+    r0, c0, r1, c1 = extent_box
+    extent = max(r1 - r0 + 1, c1 - c0 + 1)
+    side = int(round(extent / frac))
+    if side > min(shape) or side < extent:
+        return None
+    cr, cc = (r0 + r1) / 2.0, (c0 + c1) / 2.0
+    top = int(np.clip(round(cr - side / 2.0), 0, shape[0] - side))
+    left = int(np.clip(round(cc - side / 2.0), 0, shape[1] - side))
+    return top, left, side
+
+
+def zoom_shard(src: Path, label: int, frac: float, out: Path, size: int = 256, pad: int = 2) -> dict | None:
+    """A shard of ``src`` cropped to the square in which object ``label`` spans ``frac``
+    of the side over its slices (``pad`` slices of margin), resized to ``size``: the CT
+    bilinearly (as the inference frame resizes), every label by nearest neighbour from the
+    same crop, so image and masks stay aligned. All the source's objects are kept."""
+    with np.load(src) as z:
+        ct, lab, body = z["ct"], z["lab"], z["body"]
+        objects, names, z0, source = z["objects"], z["names"], int(z["z0"]), str(z["source"])
+    present = (lab == label).reshape(len(lab), -1).any(1) & body
+    if not present.any():
+        return None
+    zs = np.nonzero(present)[0]
+    k0, k1 = max(0, zs[0] - pad), min(len(lab) - 1, zs[-1] + pad)
+    rows, cols = np.nonzero((lab[k0:k1 + 1] == label).any(0))
+    crop = zoom_box((rows.min(), cols.min(), rows.max(), cols.max()), lab.shape[1:], frac)
+    if crop is None:
+        return None
+    top, left, side = crop
+    sl = (slice(k0, k1 + 1), slice(top, top + side), slice(left, left + side))
+    ct_z = np.stack([np.round(_resize_slice(s, size, False)) for s in ct[sl]]).clip(0, 255).astype(np.uint8)
+    # nearest-exact samples pixel centres, as the bilinear CT resize does: no half-pixel shift.
+    lab_z = np.stack([_resize_slice(s, size, True) for s in lab[sl]]).astype(np.uint8)
+    keep = [i for i, v in enumerate(objects) if (lab_z == v).any()]
+    np.savez_compressed(out, ct=ct_z, lab=lab_z, z0=np.int64(z0 + k0), body=body[k0:k1 + 1],
+                        objects=objects[keep], names=names[keep],
+                        source=np.array(f"{source} zoom label {label} frac {frac:.2f} crop {top},{left},{side}"))
+    return {"shard": out.name, "slices": int(k1 - k0 + 1), "objects": len(keep), "skipped_empty_ct": 0}
+
+
+def zoom_shards(src: Path, out_dir: Path, n: int, rng, frac=(0.1, 0.8)) -> list:
+    """``n`` zoom shards per object of shard ``src``, each at a fraction drawn
+    log-uniformly from ``frac`` (small and large on the frame equally often), above the
+    fraction the object already spans."""
+    with np.load(src) as z:
+        objects = [int(v) for v in z["objects"]]
+        lab, body = z["lab"], z["body"]
+    done = []
+    for v in objects:
+        rows, cols = np.nonzero((lab[body] == v).any(0))
+        if not len(rows):
+            continue
+        # Magnify only: a large organ already spans much of the slice, so its fractions
+        # start from where it stands.
+        now = max(np.ptp(rows) + 1, np.ptp(cols) + 1) / min(lab.shape[1:])
+        lo = max(frac[0], 1.05 * now)
+        if lo >= frac[1]:
+            continue
+        for i in range(n):
+            f = float(np.exp(rng.uniform(np.log(lo), np.log(frac[1]))))
+            s = zoom_shard(src, v, f, out_dir / f"{src.stem}_zoom{v}_{i}.npz")
+            if s:
+                done.append(s)
+    return done
+
+
+def pack_pair(folder: Path, out: Path, derive=()) -> list:
+    """One CT + label volume in ``folder`` (``*_ct.nii.gz`` / ``*_seg.nii.gz``) with
+    ``labels.json`` there; shard ``<folder name>.npz``."""
+    names = {int(k): v for k, v in json.loads((folder / "labels.json").read_text()).items()
+             if int(k) != 0} if (folder / "labels.json").is_file() else {}
+    ct = next(iter(sorted(folder.glob("*_ct.nii.gz"))))
+    hu, lab, spacing = _read(ct, ct.with_name(ct.name.replace("_ct.nii.gz", "_seg.nii.gz")), spacing=True)
+    if derive:
+        lab, names = add_derived(hu, lab, spacing, names, derive)
+    s = pack_volume(hu, lab, names, out / f"{folder.name}.npz", str(folder.name))
+    return [s] if s else []
+
+
+def pack_dcmqi(folder: Path, out: Path) -> list:
+    """The dcmqi series: its DICOM slices with liver (1) and spine (2), heart (3) added."""
+    hu, lab = _read(folder / "ct", folder / "liver_spine_seg.nrrd")
+    _, heart = _read(folder / "ct", folder / "heart_seg.nrrd")
+    lab = np.where((lab == 0) & (heart > 0), 3, lab)
+    s = pack_volume(hu, lab, {1: "liver", 2: "spine", 3: "heart"}, out / "dcmqi.npz", "dcmqi_ct3slice")
+    return [s] if s else []
+
+
+def _read(ct_path, lab_path, spacing: bool = False):
     from RadSAMLib.imageio import image_to_array, read_image, read_label
     img = read_image(ct_path)
-    return image_to_array(img), read_label(lab_path, img)
+    out = image_to_array(img), read_label(lab_path, img)
+    return (*out, np.array(img.GetSpacing()[::-1], np.float64)) if spacing else out
 
 
 def pack_openkbp(root: Path, split: str, first: int, count: int, out: Path) -> list:
@@ -110,6 +270,12 @@ def main(argv=None):
                     help="abdominal label values never packed for training (the evaluation organs)")
     ap.add_argument("--only", default="", help="abdominal label values to pack (an evaluation shard)")
     ap.add_argument("--zrange", default="", help="abdomen: pack slices a:b only (smoke data)")
+    ap.add_argument("--pair", type=Path, action="append", default=[],
+                    help="a folder with *_ct.nii.gz, *_seg.nii.gz and labels.json (repeatable)")
+    ap.add_argument("--dcmqi", type=Path, help="the dcmqi 3-slice DICOM series folder (liver, spine, heart)")
+    ap.add_argument("--derive", default="", help="derived objects to add to --pair volumes: lungs")
+    ap.add_argument("--zoom", type=int, default=0, help="zoom shards per object of every shard packed now")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the zoom fractions")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +286,15 @@ def main(argv=None):
         only = [int(v) for v in a.only.split(",") if v] or None
         z = tuple(int(v) for v in a.zrange.split(":")) if a.zrange else None
         done += pack_abdomen(a.abdomen, [] if only else [int(v) for v in a.exclude.split(",") if v], a.out, only, z)
+    derive = [d for d in a.derive.split(",") if d]
+    for folder in a.pair:
+        done += pack_pair(folder, a.out, derive)
+    if a.dcmqi:
+        done += pack_dcmqi(a.dcmqi, a.out)
+    if a.zoom:
+        rng = np.random.default_rng(a.seed)
+        for d in list(done):
+            done += zoom_shards(a.out / d["shard"], a.out, a.zoom, rng)
     size = sum((a.out / d["shard"]).stat().st_size for d in done)
     print(f"packed {len(done)} volumes, {sum(d['slices'] for d in done)} slices, "
           f"{sum(d['skipped_empty_ct'] for d in done)} labelled empty-CT slices skipped, {size / 1e6:.1f} MB -> {a.out}")
