@@ -241,15 +241,22 @@ def _run_todo(todo, objects, settings, protocol, args, results, path):
     bar.close()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="radsam benchmark")
-    add_arguments(p)
+def tool_main(prog: str, add_args, run_args, argv=None) -> int:
+    """``main`` of a development tool run as ``python -m``: parse, record the command
+    line, run; a :class:`RadSAMError` is one line and exit code 2, as in ``radsam``."""
+    p = argparse.ArgumentParser(prog=prog)
+    add_args(p)
     args = p.parse_args(argv)
+    args.command_line = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
-        return int(run(args) or 0)
+        return int(run_args(args) or 0)
     except RadSAMError as e:
         print(f"radsam: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    return tool_main("radsam benchmark", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

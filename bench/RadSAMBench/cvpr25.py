@@ -495,10 +495,6 @@ def _team_names(models) -> dict:
     return out
 
 
-def _command_line(argv) -> str:
-    return "radsam cvpr25 " + shlex.join(argv[1:] if argv[:1] == ["cvpr25"] else argv)
-
-
 def run(args) -> int:
     from .cli import _model_specs, _write_json
     cases, gts, evaluator = _layout(args)
@@ -507,7 +503,9 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
-    command = getattr(args, "command_line", None) or _command_line(sys.argv[1:])
+    argv = sys.argv[1:]
+    command = getattr(args, "command_line", None) or \
+        "radsam cvpr25 " + shlex.join(argv[1:] if argv[:1] == ["cvpr25"] else argv)
     config = {"data": str(Path(args.data)), "gts": None if gts is None else str(gts), "evaluator": str(evaluator),
               "evaluator_sha256": hashlib.sha256(evaluator.read_bytes()).hexdigest(),
               "models": [list(m) for m in models], "strategy": args.strategy, "command": command}
@@ -585,15 +583,8 @@ class _Timed:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="radsam cvpr25")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    args.command_line = _command_line(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return int(run(args) or 0)
-    except RadSAMError as e:
-        print(f"radsam: error: {e}", file=sys.stderr)
-        return 2
+    from .cli import tool_main
+    return tool_main("radsam cvpr25", add_arguments, run, argv)
 
 
 if __name__ == "__main__":
