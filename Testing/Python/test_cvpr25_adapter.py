@@ -93,14 +93,19 @@ def test_a_predictor_that_returns_the_truth_scores_one_every_round(evaluator, ca
     assert seen[-1]["clicks_order"].shape == (2, 5)
 
 
-def test_the_newest_click_of_each_class_is_read_from_the_evaluator_input(evaluator, case, tmp_path):
+def test_the_newest_click_of_each_class_is_read_from_the_evaluator_input(evaluator, case, tmp_path, monkeypatch):
     """Round 1 answers nothing; each click round answers label 1 perfectly and label 2 not
-    at all: label 2 gets a new positive click every round, label 1 none after round 2."""
+    at all: label 2 gets a new positive click every round, label 1 none after round 2.
+    As on a CUDA machine without cupy: the evaluator takes its CPU EDT, the predictor still
+    sees the GPU."""
+    import torch
     from RadSAMBench.cvpr25 import newest_clicks, run_evaluator
     root, gts = case
     got = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
     def half(inputs, outputs):
+        assert torch.cuda.is_available()
         d = _load(inputs / "CT_toy.npz")
         if "clicks" in d:
             got.append(newest_clicks(list(d["clicks"]), list(d["clicks_order"])))
