@@ -4,6 +4,7 @@
     radsam info
     radsam benchmark ...      (RadSAMBench.cli, the development tools in bench/)
     radsam bench-speed ...    (RadSAMBench.speedbench)
+    radsam cvpr25 ...         (RadSAMBench.cvpr25: the CVPR 2025 challenge's own evaluator)
 
 Prompts are voxel indices: ``--slice`` indexes the propagation axis (default: the
 volume's slice axis, k), ``x``/``y`` are the column/row of that slice (i/j for axis k).
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 PLUGINS = {
     "benchmark": ("RadSAMBench.cli", "simulated-user 3D Dice benchmark (radsam benchmark -h)"),
     "bench-speed": ("RadSAMBench.speedbench", "speed benchmark: ms/slice, slices/s, peak memory (radsam bench-speed -h)"),
+    "cvpr25": ("RadSAMBench.cvpr25", "the CVPR 2025 challenge's official evaluator, run on RadSAM (radsam cvpr25 -h)"),
 }
 
 

@@ -292,3 +292,58 @@ def test_click_auc_and_the_share_of_clicks_lowering_dice():
     assert s["clicks"] == 5 and s["lowered"] == pytest.approx(1 / 5)
     assert s["gain"] == pytest.approx(0.15) and s["mean"][0] == pytest.approx(0.7)
     assert s["auc"] == pytest.approx((click_auc(recs[0]["challenge"]) + 4.0) / 2)
+
+
+# -- the challenge's box jitter (--box-jitter) ----------------------------------------------------
+def test_challenge_box_only_widens_by_whole_frame_pixels_and_is_seeded():
+    m = np.zeros((256, 512), bool)                  # rows 256, cols 512: 1 frame px = 1 row, 2 columns
+    m[100:141, 200:301] = True
+    tight = np.array([200, 100, 300, 140])
+    boxes = [user.challenge_box(m, np.random.default_rng(s), 5) for s in range(300)]
+    grow = {tuple(np.array([-1, -1, 1, 1]) * (np.array(b) - tight)) for b in boxes}
+    assert grow == {(2 * k, k, 2 * k, k) for k in range(6)}       # every side, the same k in 0..5
+    assert user.challenge_box(m, np.random.default_rng(7), 5) == user.challenge_box(m, np.random.default_rng(7), 5)
+    assert {user.challenge_box(m, np.random.default_rng(s), 0) for s in range(20)} == {(200.0, 100.0, 300.0, 140.0)}
+    edge = np.zeros((64, 64), bool)
+    edge[0:10, 60:64] = True                        # clipped to the image, still only wider
+    for s in range(10):                             # shift k * 64 / 256: up to 12 px
+        x0, y0, x1, y1 = user.challenge_box(edge, np.random.default_rng(s), 50)
+        assert (y0, x1) == (0, 63) and 60 - x0 == y1 - 9 >= 0
+    one = np.zeros((10, 10), bool)
+    one[9, 9] = True                                # k = 0 on a 1-pixel object: still a valid box
+    x0, y0, x1, y1 = user.challenge_box(one, np.random.default_rng(0), 0)
+    assert (x0, y0, x1, y1) == (8.0, 8.0, 9.0, 9.0)
+
+
+def test_box_jitter_is_off_by_default_recorded_when_on_and_the_same_for_every_model():
+    from fakes import FakeModel
+    from RadSAMBench.protocol import _rng, run_case
+    from RadSAMBench.report import markdown
+    image = np.full((6, 64, 64), 40, np.int16)
+    label = np.zeros(image.shape, np.uint8)
+    label[1:5, 20:40, 10:50] = 1
+    args = dict(objects={1: "bar"}, settings=["volume/box/box", "slice/box/box"], seed=4, case="c")
+    quiet = dict(edits=0, challenge_edits=0, slice_edits=0)
+
+    def engine():
+        from RadSAMLib.engine import SliceEngine
+        return SliceEngine(FakeModel(), image)
+
+    default = run_case(engine(), image, label, protocol=Protocol(**quiet), **args)
+    assert "box_jitter" not in Protocol().to_dict()           # earlier runs' configs (and resumes) unchanged
+    k0 = default[0]["prompt_slice"]
+    assert default[0]["prompt"] == list(user.jittered_box(label[k0] == 1, _rng(4, "c", "bar", "volume", "box", "prompt")))
+
+    runs = [run_case(engine(), image, label, protocol=Protocol(box_jitter=5, **quiet), model_name=n, **args)
+            for n in ("base", "new")]
+    assert runs[0][0]["prompt"] == runs[1][0]["prompt"]       # seeded by case and object, not by model
+    x0, y0, x1, y1 = runs[0][0]["prompt"]
+    assert x0 <= 10 and y0 <= 20 and x1 >= 49 and y1 >= 39   # contains the tight box
+    assert (10 - x0) == (20 - y0) == (x1 - 49) == (y1 - 39) <= 1   # 64 px: k * 64 / 256 <= 1
+    assert Protocol(box_jitter=5).to_dict()["box_jitter"] == 5
+    results = {"config": {"protocol": Protocol(box_jitter=5).to_dict()},
+               "cases": {"x": {"model": "base", "records": runs[0]}}}
+    assert "widened by 0..5 px per 256" in markdown(results)
+    for bad in (-1, 2.5):
+        with pytest.raises(RadSAMError, match="box jitter"):
+            Protocol(box_jitter=bad)

@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--challenge-edits", type=int, default=5,
                    help="volume level: CVPR 2025 challenge clicks from the same first result (default 5; Dice "
                         "after each, and the AUC over clicks 1..5)")
+    p.add_argument("--box-jitter", type=int, default=None, metavar="PX",
+                   help="box prompts as the CVPR 2025 challenge draws them: the tight box, every side widened by "
+                        "the same seeded 0..PX pixels per 256 of the slice's side (the challenge: 5); default: "
+                        "each side moved by up to +-5%% of the box, at most 5 px")
     p.add_argument("--prompt-slice", default="middle", choices=("middle", "largest", "random"),
                    help="volume-level prompt slice (default: the middle of the object's extent)")
     p.add_argument("--min-voxels", type=int, default=50, help="skip smaller objects (default 50)")
@@ -141,7 +145,7 @@ def run(args) -> int:
     settings = _settings(args)
     models = _model_specs(args.model)
     protocol = Protocol(edits=args.edits, slice_edits=args.slice_edits, challenge_edits=args.challenge_edits,
-                        prompt_slice=args.prompt_slice,
+                        prompt_slice=args.prompt_slice, box_jitter=args.box_jitter,
                         min_voxels=args.min_voxels, min_slices=args.min_slices,
                         min_body_fraction=args.min_body_fraction)
     out = Path(args.out)
@@ -237,15 +241,22 @@ def _run_todo(todo, objects, settings, protocol, args, results, path):
     bar.close()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="radsam benchmark")
-    add_arguments(p)
+def tool_main(prog: str, add_args, run_args, argv=None) -> int:
+    """``main`` of a development tool run as ``python -m``: parse, record the command
+    line, run; a :class:`RadSAMError` is one line and exit code 2, as in ``radsam``."""
+    p = argparse.ArgumentParser(prog=prog)
+    add_args(p)
     args = p.parse_args(argv)
+    args.command_line = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
-        return int(run(args) or 0)
+        return int(run_args(args) or 0)
     except RadSAMError as e:
         print(f"radsam: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    return tool_main("radsam benchmark", add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Protocol:
     prompt_slice: str = "middle"    # middle | largest | random
     box_frac: float = 0.05          # box jitter: fraction of the box side ...
     box_max_px: float = 5.0         # ... at most this many slice pixels per side
+    box_jitter: int | None = None   # instead: the challenge's widening, 0..N px per 256 (user.challenge_box)
     point_inner: float = 0.5        # point prompt: >= this x max depth inside the object
     min_voxels: int = 50            # skip smaller objects (after the body-slice restriction)
     min_slices: int = 2             # ... or objects on fewer slices
@@ -85,13 +86,18 @@ class Protocol:
             raise RadSAMError(f"unknown prompt slice rule '{self.prompt_slice}' (choose {', '.join(PROMPT_SLICES)})")
         if self.edits < 0 or self.slice_edits < 0 or self.challenge_edits < 0:
             raise RadSAMError("the number of edits cannot be negative")
+        if self.box_jitter is not None and (int(self.box_jitter) != self.box_jitter or self.box_jitter < 0):
+            raise RadSAMError(f"box jitter must be a whole number of pixels >= 0, got {self.box_jitter}")
 
     def checkpoints(self, level: str) -> list:
         n, base = (self.edits, VOLUME_CHECKPOINTS) if level == "volume" else (self.slice_edits, SLICE_CHECKPOINTS)
         return sorted({c for c in base if c <= n} | {n})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["box_jitter"] is None:     # off: the config of runs made before the option, which resume
+            del d["box_jitter"]
+        return d
 
 
 # -- objects ------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
     if setting.level == "volume":
         k0 = choose_prompt_slice(slab_gt, protocol.prompt_slice, rng_prompt) + lo
         prompt = make_prompt(setting.prompt, gt[k0], rng_prompt, protocol.box_frac, protocol.box_max_px,
-                             protocol.point_inner)
+                             protocol.point_inner, protocol.box_jitter)
         out["prompt_slice"] = k0
         out["prompt"] = list(prompt.box) if prompt.box is not None else [list(p) for p in prompt.points]
         oracle.follow(sess.segment_iter(k0, prompt, bounds=(lo, hi)))
@@ -293,7 +299,7 @@ def run_setting(engine, gt, bounds, setting: Setting, protocol: Protocol, rng_pr
     else:
         ks = [int(k) + lo for k in object_slices(slab_gt)]
         prompts = {k: make_prompt(setting.prompt, gt[k], rng_prompt, protocol.box_frac, protocol.box_max_px,
-                                  protocol.point_inner) for k in ks}
+                                  protocol.point_inner, protocol.box_jitter) for k in ks}
         oracle.follow(sess.segment_slices_iter(prompts))
         mark(0)
         for n in range(1, protocol.slice_edits + 1):

@@ -185,6 +185,9 @@ def markdown(results: dict) -> str:
     out += [f"Dataset `{cfg.get('dataset', '?')}` ({cfg.get('layout', '?')} layout), {len(cases)} case(s), "
             f"{len(recs)} results; seed {cfg.get('seed', '?')}. 3D Dice, mean over objects with a 95% "
             f"bootstrap interval over {unit}.", ""]
+    jitter = (cfg.get("protocol") or {}).get("box_jitter")
+    if jitter is not None:
+        out += [f"Box prompts: the CVPR 2025 challenge's, every side widened by 0..{jitter} px per 256 (seeded).", ""]
     sections = [
         ("Table 1: mean 3D Dice (layout of the RadSAM paper's Table 1)", table1(recs, results)),
         ("Oracle: best of the 4 masks chosen on every slice", table1(recs, results, key="oracle")),

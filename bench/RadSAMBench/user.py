@@ -9,7 +9,8 @@ Choices (documented in ``docs/benchmark/README.md``):
 * Box prompt: the object's tight box on that slice, each side moved independently by a
   uniform offset in ``[-a, +a]``, ``a = min(max_px, frac * side length)`` (default 5% of
   the box's width/height, at most 5 slice pixels), rounded to whole pixels, clipped to the
-  image, never narrower than 2 pixels.
+  image, never narrower than 2 pixels. Or (``--box-jitter N``) the CVPR 2025 challenge's
+  box: every side widened by the same seeded 0..N pixels per 256 of the slice's side.
 * Point prompt: uniform among the object's pixels that are at least half the maximum
   distance from its border (4-connected distance; the "deep inside" region).
 * Edit: uniform among the current 3D error voxels (missed -> positive, spurious ->
@@ -64,7 +65,31 @@ def jittered_box(mask2d: np.ndarray, rng, frac: float = 0.05, max_px: float = 5.
     dy0, dy1 = rng.uniform(-ay, ay, size=2)
     box = [float(np.clip(np.round(x0 + dx0), 0, cols - 1)), float(np.clip(np.round(y0 + dy0), 0, rows - 1)),
            float(np.clip(np.round(x1 + dx1), 0, cols - 1)), float(np.clip(np.round(y1 + dy1), 0, rows - 1))]
-    # A valid box needs x0 < x1 and y0 < y1 (a 1-pixel-wide object still gets a box).
+    return valid_box(box, mask2d.shape)
+
+
+def challenge_box(mask2d: np.ndarray, rng, max_shift: int = 5) -> tuple:
+    """The CVPR 2025 challenge's box (its ``get_boxes.py``): the tight box around
+    ``mask2d``, every side widened by ``int(k * W / 256)`` (x) and ``int(k * H / 256)`` (y)
+    pixels for one seeded ``k`` uniform in ``0..max_shift``: up to ``max_shift`` pixels of
+    the 256-pixel model frame, whatever the slice size; clipped to the image. It only ever
+    widens."""
+    ys, xs = np.nonzero(mask2d)
+    if len(xs) == 0:
+        raise ValueError("empty mask: no box")
+    rows, cols = mask2d.shape
+    k = int(rng.integers(0, int(max_shift) + 1))
+    sx, sy = int(k * cols / 256), int(k * rows / 256)
+    box = [float(max(0, xs.min() - sx)), float(max(0, ys.min() - sy)),
+           float(min(cols - 1, xs.max() + sx)), float(min(rows - 1, ys.max() + sy))]
+    return valid_box(box, mask2d.shape)
+
+
+def valid_box(box, shape) -> tuple:
+    """``box`` ``(x0, y0, x1, y1)`` with ``x0 < x1`` and ``y0 < y1`` (a 1-pixel-wide object
+    still gets a box: the side is grown by one pixel, inwards at the image edge)."""
+    rows, cols = shape
+    box = [float(v) for v in box]
     for lo, hi, n in ((0, 2, cols), (1, 3, rows)):
         if box[hi] <= box[lo]:
             box[lo], box[hi] = min(box[lo], box[hi]), max(box[lo], box[hi])
@@ -104,9 +129,13 @@ def inner_point(mask2d: np.ndarray, rng, inner: float = 0.5) -> tuple:
 
 
 def make_prompt(kind: str, mask2d: np.ndarray, rng, box_frac: float = 0.05, box_max_px: float = 5.0,
-                inner: float = 0.5) -> SlicePrompt:
-    """The simulated user's prompt of ``kind`` (``box`` or ``point``) for ``mask2d``."""
+                inner: float = 0.5, box_jitter: int | None = None) -> SlicePrompt:
+    """The simulated user's prompt of ``kind`` (``box`` or ``point``) for ``mask2d``;
+    ``box_jitter``: the challenge's widening (:func:`challenge_box`) instead of the
+    default jitter."""
     if kind == "box":
+        if box_jitter is not None:
+            return SlicePrompt(box=challenge_box(mask2d, rng, box_jitter))
         return SlicePrompt(box=jittered_box(mask2d, rng, box_frac, box_max_px))
     if kind == "point":
         return SlicePrompt(points=[inner_point(mask2d, rng, inner)], labels=[1])
