@@ -65,6 +65,10 @@ class RadSAMLogic:
     SliceEngine`` can be replaced (tests pass an engine whose slices are already encoded).
     """
 
+    # The segment's 3D surface (Show 3D) is rebuilt at most this often (seconds) while
+    # slices stream in, and at the end of each run.
+    surface_every_s = 1.0
+
     def __init__(self, scene, model_loader=None, engine_factory=None, worker: Worker | None = None,
                  strategy=None):
         self.scene = scene
@@ -92,9 +96,6 @@ class RadSAMLogic:
         # ``selected_segment() -> (segmentation node, segment id)`` lets a run stop when
         # the user selects another one (its slices would land there).
         self.selected_segment = None
-        # The segment's 3D surface (Show 3D) is rebuilt at most this often while slices
-        # stream in, and at the end of each run.
-        self.surface_every_s = 1.0
         self._surfaces_at = None
         self._job_image = None          # (image data, its MTime) when the running job started
         self._stop_reason = None        # set by clear_cache() while a job runs (scene closed)
@@ -375,7 +376,8 @@ class RadSAMLogic:
                     "a sequence, or an edit); segment again on what the volume shows now")
         if self.selected_segment is not None:
             selected = self.selected_segment()
-            if selected is None or selected[0] is not seg or selected[1] != target.segment_id:
+            if selected is None or selected[0] is None or selected[0].GetID() != seg.GetID() \
+                    or selected[1] != target.segment_id:
                 name = seg.GetSegmentation().GetSegment(target.segment_id).GetName()
                 return f"another segment was selected in the Segment Editor while RadSAM was writing '{name}'"
         return None
