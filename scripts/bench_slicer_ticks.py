@@ -11,9 +11,10 @@ into a new segment slice by slice outwards from the middle, as propagation produ
 2. With Show 3D on (a closed surface representation created; after each tick the 3D
    view asks for the surfaces it lacks, ``CreateClosedSurfaceRepresentation``): closed
    surfaces rebuilt per second of streaming and milliseconds per tick, ticks 250 ms
-   apart (``jobs.Ticker``), for RadSAM's writes (the segment's own surface at most every
-   ``RadSAMLogic.surface_every_s`` and at the end) and for the former in-place write
-   whose labelmap ``Modified()`` dropped every segment's surface.
+   apart (``jobs.Ticker``), for RadSAM's writes (the segment's own surface when
+   ``jobs.SurfaceThrottle`` says: at most once a second and at most a quarter of the
+   time, and at the end) and for the former in-place write whose labelmap
+   ``Modified()`` dropped every segment's surface.
 
 Every millisecond here is a millisecond the UI does not respond; the result is kept in
 docs/benchmark/slicer_ticks.md.
@@ -37,7 +38,7 @@ import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from RadSAMSlicerLib import geometry, segmentio  # noqa: E402
-from RadSAMSlicerLib.jobs import Ticker  # noqa: E402
+from RadSAMSlicerLib.jobs import SurfaceThrottle, Ticker  # noqa: E402
 from RadSAMSlicerLib.logic import RadSAMLogic  # noqa: E402
 
 SURFACE = "Closed surface"
@@ -131,24 +132,26 @@ def run_show3d(shape, per_tick, writer, ticks_max):
     seg.CreateClosedSurfaceRepresentation()
     centre = shape[0] // 2
     order = stream_order(shape[0], centre, 60)[:per_tick * ticks_max]
-    tick_s, every_s = Ticker().write_every_s, RadSAMLogic.surface_every_s
-    times, cpu, rebuilt, surfaces_at = [], [], [], None
+    # Streaming time: ticks every 250 ms, plus the time the ticks themselves took.
+    now = [0.0]
+    throttle = SurfaceThrottle(clock=lambda: now[0])
+    times, cpu, rebuilt = [], [], []
     batches = [order[n:n + per_tick] for n in range(0, len(order), per_tick)]
     for n, slices in enumerate(batches):
-        now = n * tick_s
-        final = n == len(batches) - 1
-        surfaces = final or surfaces_at is None or now - surfaces_at >= every_s
+        surfaces = throttle.due(final=n == len(batches) - 1)
         batch = {k: ellipse(shape[1:], k, centre) for k in slices}
         before = surface_times(seg)
         t, c = time.perf_counter(), time.process_time()
-        if writer(seg, sid, vol, batch, surfaces) and surfaces:
-            surfaces_at = now
+        written = writer(seg, sid, vol, batch, surfaces)
         seg.CreateClosedSurfaceRepresentation()          # what the 3D view asks for
         times.append((time.perf_counter() - t) * 1000)
         cpu.append((time.process_time() - c) * 1000)
+        if written and surfaces:
+            throttle.rebuilt(now[0], now[0] + times[-1] / 1000)
+        now[0] += Ticker().write_every_s + times[-1] / 1000
         after = surface_times(seg)
         rebuilt.append(sum(after[k] != before[k] for k in after))
-    return times, cpu, rebuilt, len(batches) * tick_s
+    return times, cpu, rebuilt, now[0]
 
 
 def main(argv=None):
@@ -173,7 +176,8 @@ def main(argv=None):
                 print(f"{name:<34}{per_tick:>12}{len(times):>7}{times[0]:>10.1f}{statistics.median(rest):>11.1f}"
                       f"{max(rest):>9.1f}")
     print()
-    print(f"Show 3D on: ticks {Ticker().write_every_s * 1000:.0f} ms apart, 4 slices per tick")
+    print(f"Show 3D on: ticks {Ticker().write_every_s * 1000:.0f} ms apart (plus their own time), "
+          "4 slices per tick")
     print("(ms: wall clock; cpu: this process's CPU time, less dependent on the machine's load)")
     print(f"{'writer':<44}{'ticks':>6}{'surfaces/s':>11}{'median ms':>11}{'max ms':>9}{'median cpu':>11}"
           f"{'max cpu':>9}{'total cpu':>10}")

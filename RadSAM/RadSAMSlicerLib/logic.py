@@ -26,7 +26,7 @@ from RadSAMLib.request import check_edit, check_segment
 
 from . import geometry, markups, segmentio
 from .errors import user_error
-from .jobs import Job, Ticker, Worker
+from .jobs import Job, SurfaceThrottle, Ticker, Worker
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,6 @@ class RadSAMLogic:
     SliceEngine`` can be replaced (tests pass an engine whose slices are already encoded).
     """
 
-    # The segment's 3D surface (Show 3D) is rebuilt at most this often (seconds) while
-    # slices stream in, and at the end of each run.
-    surface_every_s = 1.0
-
     def __init__(self, scene, model_loader=None, engine_factory=None, worker: Worker | None = None,
                  strategy=None):
         self.scene = scene
@@ -87,6 +83,7 @@ class RadSAMLogic:
         self._job_written: set = set()
         self._queued: list = []          # correction clicks made while a job ran, in order
         self.ticker = Ticker()
+        self.surfaces = SurfaceThrottle()    # when a streaming run rebuilds its 3D surface
         # How finished slices reach the segment: in place (the module), or through the
         # Segment Editor (the effect sets an editor.EditorWriter and ``on_step``, which
         # saves an editor undo state before each interaction).
@@ -96,7 +93,6 @@ class RadSAMLogic:
         # ``selected_segment() -> (segmentation node, segment id)`` lets a run stop when
         # the user selects another one (its slices would land there).
         self.selected_segment = None
-        self._surfaces_at = None
         self._job_image = None          # (image data, its MTime) when the running job started
         self._stop_reason = None        # set by clear_cache() while a job runs (scene closed)
         self._clear_when_done = False
@@ -216,7 +212,8 @@ class RadSAMLogic:
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
         image = target.volume_node.GetImageData()
-        self._job_image, self._surfaces_at, self._stop_reason = (image, image.GetMTime()), None, None
+        self._job_image, self._stop_reason = (image, image.GetMTime()), None
+        self.surfaces.reset()
         self.target = target
         return self.worker.submit(job)
 
@@ -306,8 +303,8 @@ class RadSAMLogic:
         A run whose target went away (its volume, segmentation or segment removed, the
         scene closed, the volume's voxels replaced, the editor's segment switched) stops
         with a user error; the slices written so far stay, each one complete, and undo
-        takes them back. While slices stream in, the segment's 3D surface is rebuilt at
-        most every :attr:`surface_every_s` seconds, and at the end."""
+        takes them back. While slices stream in, the segment's 3D surface is rebuilt when
+        :attr:`surfaces` (a :class:`~.jobs.SurfaceThrottle`) says, and at the end."""
         job, target = self.job, self._job_target
         if job is None or target is None:
             if self._clear_when_done and not self.busy:
@@ -323,8 +320,8 @@ class RadSAMLogic:
             session = job.session
             for idx in job.result.slices:     # the final state of every changed slice
                 masks[idx] = session.slice_mask(idx)
-        now = self.ticker.clock()
-        surfaces = finished or self._surfaces_at is None or now - self._surfaces_at >= self.surface_every_s
+        surfaces = self.surfaces.due(final=finished)
+        started = self.surfaces.clock()
         try:
             written = self._write(target, masks, surfaces)
         except Exception:
@@ -333,7 +330,7 @@ class RadSAMLogic:
             self._stop(job)
             raise
         if written and surfaces:
-            self._surfaces_at = now
+            self.surfaces.rebuilt(started, self.surfaces.clock())
         self._job_written.update(masks)
         if finished:
             self._job_target = None

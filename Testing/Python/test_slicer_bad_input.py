@@ -114,11 +114,14 @@ class Scene:
         deadline = time.monotonic() + timeout
         while job.progress[0] < slices:
             assert time.monotonic() < deadline and not job.finished, "the run did not advance"
-            calls = self.model.calls
+            done, calls = job.progress[0], self.model.calls
             self.model.permits.release()
             while self.model.calls == calls and time.monotonic() < deadline:
                 time.sleep(0.002)
-            time.sleep(0.01)           # the slice is reported right after the model call
+            # The slice is reported right after its model call (if that call ends a slice).
+            settle = time.monotonic() + 2.0
+            while job.progress[0] == done and time.monotonic() < settle:
+                time.sleep(0.002)
         self.logic.pump()
 
     def finish(self):

@@ -21,6 +21,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip 
 vtk = pytest.importorskip("vtk")
 
 from RadSAMSlicerLib import segmentio  # noqa: E402
+from RadSAMSlicerLib.jobs import SurfaceThrottle  # noqa: E402
 from test_slicer_bad_input import BOUNDS, SHAPE, Scene, full_result  # noqa: E402
 
 SURFACE = "Closed surface"
@@ -123,7 +124,7 @@ def test_a_streaming_run_rebuilds_only_its_segments_surface_about_once_a_second(
         seg, sid, other = m.seg, m.sid, m.other
         assert seg.CreateClosedSurfaceRepresentation()
         clock = Clock()
-        m.logic.ticker.clock = clock
+        m.logic.surfaces.clock = clock          # rebuilds take no time on this clock
         start = surfaces(seg)
         job = m.start()
         rebuilds, last = [], start[sid]
@@ -147,3 +148,22 @@ def test_a_streaming_run_rebuilds_only_its_segments_surface_about_once_a_second(
         assert surfaces(seg)[sid] != before_undo and segmentio.surfaces_stale(seg, sid) == []
     finally:
         m.close()
+
+
+def test_the_throttle_waits_longer_after_a_slow_rebuild():
+    clock = Clock()
+    t = SurfaceThrottle(every_s=1.0, share=0.25, clock=clock)
+    assert t.due()                               # the first write of a run
+    t.rebuilt(0.0, 0.1)                          # a fast rebuild: once a second
+    clock.t = 0.9
+    assert not t.due() and t.due(final=True)     # the end always rebuilds
+    clock.t = 1.0
+    assert t.due()
+    t.rebuilt(1.0, 1.5)                          # 0.5 s: the next waits 2 s (a quarter of the time)
+    clock.t = 2.9
+    assert not t.due()
+    clock.t = 3.0
+    assert t.due()
+    t.reset()
+    clock.t = 3.1
+    assert t.due()                               # a new run starts with a rebuild
