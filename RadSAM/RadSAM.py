@@ -220,7 +220,11 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         effect = self.editorEffect
         if effect is None:
             self.logic.writer, self.logic.on_step = segmentio.write_slices, None
+            self.logic.selected_segment = None
             return
+        # The editor writes into its selected segment: a run stops if the user selects another.
+        self.logic.selected_segment = lambda: (effect.parameterSetNode().GetSegmentationNode(),
+                                               effect.parameterSetNode().GetSelectedSegmentID())
         modes = {editor.ADD: slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
                  editor.REMOVE: slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove}
         self.logic.writer = editor.EditorWriter(
@@ -547,7 +551,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.show()
         self.ui.cancelButton.show()
-        self.showMessage(f"{what}... (first use loads the model and encodes slices)")
+        self.showMessage(self.logic.notice or f"{what}... (first use loads the model and encodes slices)")
         self.timer.start()
         self.updateGUI()
 

@@ -1,13 +1,22 @@
 """Main-thread cost of one Slicer timer tick that copies finished slices into a segment.
 
-    python3 scripts/bench_slicer_ticks.py [--slices 300 --rows 512 --cols 512]
+    python3 scripts/bench_slicer_ticks.py [--slices 300 --rows 512 --cols 512] [--skip-plain]
 
 Real MRML (the slicer-core wheel), a synthetic CT-sized volume, a segmentation holding
 another segment (a large blob in the shared layer), and an organ-like ellipse streamed
 into a new segment slice by slice outwards from the middle, as propagation produces it.
-Prints milliseconds per tick for ticks of 1 and of 16 slices, with RadSAM's in-place
-slice writes and with the former whole-segment read + replace (for comparison). Every
-millisecond here is a millisecond the UI does not respond; the result is kept in
+
+1. Milliseconds per tick for ticks of 1 and of 16 slices, with RadSAM's in-place slice
+   writes and with the former whole-segment read + replace (for comparison).
+2. With Show 3D on (a closed surface representation created; after each tick the 3D
+   view asks for the surfaces it lacks, ``CreateClosedSurfaceRepresentation``): closed
+   surfaces rebuilt per second of streaming and milliseconds per tick, ticks 250 ms
+   apart (``jobs.Ticker``), for RadSAM's writes (the segment's own surface when
+   ``jobs.SurfaceThrottle`` says: at most once a second and at most a quarter of the
+   time, and at the end) and for the former in-place write whose labelmap
+   ``Modified()`` dropped every segment's surface.
+
+Every millisecond here is a millisecond the UI does not respond; the result is kept in
 docs/benchmark/slicer_ticks.md.
 """
 from __future__ import annotations
@@ -29,7 +38,10 @@ import vtk  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
 from RadSAMSlicerLib import geometry, segmentio  # noqa: E402
+from RadSAMSlicerLib.jobs import SurfaceThrottle, Ticker  # noqa: E402
 from RadSAMSlicerLib.logic import RadSAMLogic  # noqa: E402
+
+SURFACE = "Closed surface"
 
 
 def make_scene(shape):
@@ -94,24 +106,92 @@ def run(shape, per_tick, writer, ticks_max=40):
     return times
 
 
+def surface_times(seg):
+    s = seg.GetSegmentation()
+    out = {}
+    for sid in s.GetSegmentIDs():
+        rep = s.GetSegment(sid).GetRepresentation(SURFACE)
+        out[sid] = rep.GetMTime() if rep is not None else None
+    return out
+
+
+def modified_write(seg, sid, vol, batch, surfaces):
+    """The former in-place write: the voxels, then the labelmap's ``Modified()``, which
+    the segmentation answers by dropping every segment's derived representations."""
+    written = segmentio.write_slices(seg, sid, vol, batch, 0, surfaces=False)
+    if written:
+        seg.GetSegmentation().GetSegment(sid).GetRepresentation(segmentio.BINARY_LABELMAP).Modified()
+    return written
+
+
+def run_show3d(shape, per_tick, writer, ticks_max):
+    """Stream the organ with Show 3D on. Returns (wall ms per tick, CPU ms per tick,
+    surfaces rebuilt per tick, seconds of streaming). The 3D view is emulated: after each
+    tick it creates the surfaces it lacks."""
+    _scene, _logic, vol, seg, sid = make_scene(shape)
+    seg.CreateClosedSurfaceRepresentation()
+    centre = shape[0] // 2
+    order = stream_order(shape[0], centre, 60)[:per_tick * ticks_max]
+    # Streaming time: ticks 250 ms apart plus the CPU time the ticks themselves took (CPU,
+    # not wall time: on a loaded machine the wall time says more about the load).
+    now = [0.0]
+    throttle = SurfaceThrottle(clock=lambda: now[0])
+    times, cpu, rebuilt = [], [], []
+    batches = [order[n:n + per_tick] for n in range(0, len(order), per_tick)]
+    for n, slices in enumerate(batches):
+        surfaces = throttle.due(final=n == len(batches) - 1)
+        batch = {k: ellipse(shape[1:], k, centre) for k in slices}
+        before = surface_times(seg)
+        t, c = time.perf_counter(), time.process_time()
+        written = writer(seg, sid, vol, batch, surfaces)
+        seg.CreateClosedSurfaceRepresentation()          # what the 3D view asks for
+        times.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+        if written and surfaces:
+            throttle.rebuilt(now[0], now[0] + cpu[-1] / 1000)
+        now[0] += Ticker().write_every_s + cpu[-1] / 1000
+        after = surface_times(seg)
+        rebuilt.append(sum(after[k] != before[k] for k in after))
+    return times, cpu, rebuilt, now[0]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--cols", type=int, default=512)
+    ap.add_argument("--skip-plain", action="store_true", help="only the Show 3D table")
     args = ap.parse_args(argv)
     shape = (args.slices, args.rows, args.cols)
     print(f"volume {shape[2]} x {shape[1]} x {shape[0]} (i x j x k), organ streamed from slice {shape[0] // 2} "
           f"outwards, another segment in the shared layer")
-    print(f"{'writer':<34}{'slices/tick':>12}{'ticks':>7}{'first ms':>10}{'median ms':>11}{'max ms':>9}")
-    print("(first: the first write, which moves the segment to its own layer; median and max: the others)")
     in_place = lambda seg, sid, vol, b: segmentio.write_slices(seg, sid, vol, b, 0)  # noqa: E731
-    for name, writer, ticks in (("in place (RadSAM)", in_place, 40), ("whole read + replace (before)", old_write, 6)):
-        for per_tick in (1, 16):
-            times = run(shape, per_tick, writer, ticks)
-            rest = times[1:]
-            print(f"{name:<34}{per_tick:>12}{len(times):>7}{times[0]:>10.1f}{statistics.median(rest):>11.1f}"
-                  f"{max(rest):>9.1f}")
+    if not args.skip_plain:
+        print(f"{'writer':<34}{'slices/tick':>12}{'ticks':>7}{'first ms':>10}{'median ms':>11}{'max ms':>9}")
+        print("(first: the first write, which moves the segment to its own layer; median and max: the others)")
+        for name, writer, ticks in (("in place (RadSAM)", in_place, 40),
+                                    ("whole read + replace (before)", old_write, 6)):
+            for per_tick in (1, 16):
+                times = run(shape, per_tick, writer, ticks)
+                rest = times[1:]
+                print(f"{name:<34}{per_tick:>12}{len(times):>7}{times[0]:>10.1f}{statistics.median(rest):>11.1f}"
+                      f"{max(rest):>9.1f}")
+    print()
+    print(f"Show 3D on: ticks {Ticker().write_every_s * 1000:.0f} ms apart (plus their own time), "
+          "4 slices per tick")
+    print("(cpu: this process's CPU ms per tick; ms: wall clock, which on a loaded machine mostly says how\n"
+          " loaded it is. surfaces/s and busy: per second of streaming, ticks 250 ms apart plus their CPU time)")
+    print(f"{'writer':<44}{'ticks':>6}{'surfaces/s':>11}{'busy':>6}{'median cpu':>11}{'max cpu':>9}"
+          f"{'median ms':>11}{'max ms':>9}")
+    throttled = lambda seg, sid, vol, b, surfaces: segmentio.write_slices(seg, sid, vol, b, 0,  # noqa: E731
+                                                                          surfaces=surfaces)
+    for name, writer, ticks in (("per segment, throttled (RadSAM)", throttled, 24),
+                                ("labelmap Modified(), all surfaces (before)", modified_write, 5)):
+        times, cpu, rebuilt, seconds = run_show3d(shape, 4, writer, ticks)
+        print(f"{name:<44}{len(times):>6}{sum(rebuilt) / seconds:>11.1f}{sum(cpu) / 1000 / seconds:>6.0%}"
+              f"{statistics.median(cpu[1:]):>11.1f}{max(cpu[1:]):>9.1f}{statistics.median(times[1:]):>11.1f}"
+              f"{max(times[1:]):>9.1f}")
+        print(f"{'':<4}surfaces rebuilt per tick: {rebuilt}")
 
 
 if __name__ == "__main__":

@@ -30,18 +30,35 @@ def numpy_to_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
     return m
 
 
+# A CT in Hounsfield units has air (about -1000 HU) somewhere; MR, PET or a CT stored
+# without its rescale have nothing this low.
+AIR_HU = -500.0
+
+
 def check_volume(volume_node) -> None:
-    """Raise a user-facing error unless ``volume_node`` is a scalar volume with voxels."""
+    """Raise a user-facing error unless ``volume_node`` is a scalar image volume with voxels."""
     if volume_node is None:
         raise user_error("no volume selected: choose the CT volume to segment")
+    name = volume_node.GetName()
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise user_error(f"volume '{name}' is a labelmap (a segmentation stored as a volume), not an image: "
+                         "choose the CT volume to segment")
     image = volume_node.GetImageData()
     if image is None or 0 in image.GetDimensions():
-        raise user_error(f"volume '{volume_node.GetName()}' has no voxels")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise user_error(f"volume '{volume_node.GetName()}' has {image.GetNumberOfScalarComponents()} "
-                         "components per voxel; RadSAM needs a scalar CT volume")
+        raise user_error(f"volume '{name}' has no voxels")
+    n = image.GetNumberOfScalarComponents()
+    if n != 1:
+        kind = "a colour (RGB) volume" if n in (3, 4) else "a multi-frame (4D) volume"
+        raise user_error(f"volume '{name}' has {n} values per voxel ({kind}); RadSAM needs a scalar CT "
+                         "volume (for a 4D series, one frame: a sequence's proxy volume)")
     if min(image.GetDimensions()) < 2:
         raise user_error(f"volume '{volume_node.GetName()}' is not 3D (dimensions {image.GetDimensions()})")
+
+
+def looks_like_hu(volume_node) -> bool:
+    """True when the voxels look like CT Hounsfield units (some below :data:`AIR_HU`).
+    VTK caches the scalar range, so this is cheap after the first call."""
+    return float(volume_node.GetImageData().GetScalarRange()[0]) < AIR_HU
 
 
 def volume_array(volume_node) -> np.ndarray:

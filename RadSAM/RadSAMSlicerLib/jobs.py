@@ -140,3 +140,28 @@ class Ticker:
             self._last_write = now
             return True
         return False
+
+
+class SurfaceThrottle:
+    """When a streaming run rebuilds its segment's 3D surface (Show 3D): at the first write,
+    then at most every ``every_s`` seconds, and never for more than ``share`` of the main
+    thread's time (a rebuild that took ``d`` seconds waits at least ``d / share``: a
+    surface grows with the organ, and rebuilding it blocks the UI). The end of a run
+    always rebuilds it (the caller asks with ``final``)."""
+
+    def __init__(self, every_s: float = 1.0, share: float = 0.25, clock=time.monotonic):
+        self.every_s = every_s
+        self.share = share
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """A new run: its first write rebuilds."""
+        self._next = None
+
+    def due(self, final: bool = False) -> bool:
+        return final or self._next is None or self.clock() >= self._next
+
+    def rebuilt(self, started: float, ended: float) -> None:
+        """A rebuild ran from ``started`` to ``ended`` (``clock`` times)."""
+        self._next = started + max(self.every_s, (ended - started) / self.share)

@@ -13,6 +13,7 @@ segment exactly as it was before the interaction.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -21,10 +22,11 @@ import numpy as np
 # Torch-free parts of RadSAMLib (it ships inside the extension; torch may not be installed yet).
 from RadSAMLib.catalog import DEFAULT_MODEL
 from RadSAMLib.config import RadSAMConfig
+from RadSAMLib.request import check_edit, check_segment
 
 from . import geometry, markups, segmentio
 from .errors import user_error
-from .jobs import Job, Ticker, Worker
+from .jobs import Job, SurfaceThrottle, Ticker, Worker
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,22 @@ class RadSAMLogic:
         self._job_written: set = set()
         self._queued: list = []          # correction clicks made while a job ran, in order
         self.ticker = Ticker()
+        self.surfaces = SurfaceThrottle()    # when a streaming run rebuilds its 3D surface
         # How finished slices reach the segment: in place (the module), or through the
         # Segment Editor (the effect sets an editor.EditorWriter and ``on_step``, which
         # saves an editor undo state before each interaction).
         self.writer = segmentio.write_slices
         self.on_step = None
+        # With the Segment Editor the writer writes into the editor's selected segment:
+        # ``selected_segment() -> (segmentation node, segment id)`` lets a run stop when
+        # the user selects another one (its slices would land there).
+        self.selected_segment = None
+        self._job_image = None          # (image data, its MTime) when the running job started
+        self._stop_reason = None        # set by clear_cache() while a job runs (scene closed)
+        self._clear_when_done = False
+        # A one-line message about the last interaction that is not an error (shown as
+        # the module's status), e.g. that a CT window preset was replaced.
+        self.notice = None
         # The intensity window the model sees: a RadSAMLib preset name ("soft-tissue",
         # "lung", "bone"), a RadSAMLib Window (e.g. the view's window/level), or "auto"
         # (spanning the prompt's region). A segment keeps the window it was segmented
@@ -121,15 +134,25 @@ class RadSAMLogic:
         return (target.volume_node.GetID(), target.axis, target.segmentation_node.GetID(), target.segment_id)
 
     def window_for(self, target: _Target, slice_idx: int, box=None, points=(), mask=None):
-        """The ``Window`` :attr:`window` means for a prompt on ``slice_idx``."""
+        """The ``Window`` :attr:`window` means for a prompt on ``slice_idx``.
+
+        The presets are CT windows in Hounsfield units. On a volume that is not in HU (an
+        MR, a PET, a CT stored without its rescale) a preset would show the model a blank
+        slice, so the window of the prompt region is used instead and :attr:`notice` says so."""
         from RadSAMLib.preprocess import Window, prompt_region
         if isinstance(self.window, Window):
             return self.window
         if self.window != "auto":
             try:
-                return Window.preset(self.window)
+                preset = Window.preset(self.window)
             except ValueError as e:
                 raise user_error(str(e)) from None
+            if geometry.looks_like_hu(target.volume_node):
+                return preset
+            self.notice = (f"volume '{target.volume_node.GetName()}' is not a CT in Hounsfield units (no air "
+                           f"below {geometry.AIR_HU:.0f} HU): the CT window '{self.window}' does not fit it, "
+                           "so the window of the prompt region is used")
+            logging.warning("RadSAM: %s", self.notice)
         hu = geometry.volume_slice(target.volume_node, target.axis, slice_idx)
         return Window.from_region(prompt_region(hu, box, points, mask))
 
@@ -188,6 +211,9 @@ class RadSAMLogic:
         self._windows[self._target_key(target)] = window
         job = Job(run, name)
         self.job, self._job_target, self._job_written = job, target, set()
+        image = target.volume_node.GetImageData()
+        self._job_image, self._stop_reason = (image, image.GetMTime()), None
+        self.surfaces.reset()
         self.target = target
         return self.worker.submit(job)
 
@@ -201,6 +227,11 @@ class RadSAMLogic:
             # Bottom and Top are the organ's ends in patient terms: which index is lower
             # depends on which way the volume's slice axis runs.
             bounds = (min(bounds), max(bounds))
+        # Checked here, before anything starts (no editor undo state, no model load):
+        # the worker would find the same problem only after loading the model.
+        slice_idx, bounds = check_segment(geometry.volume_shape(target.volume_node), target.axis, slice_idx,
+                                          prompt, bounds)
+        self.notice = None
         window = self.window_for(target, slice_idx, prompt.box, prompt.points, prompt.mask)
         return self._session_job(target, lambda s: s.segment_iter(slice_idx, prompt, bounds=bounds), "segment", window)
 
@@ -225,6 +256,7 @@ class RadSAMLogic:
         While a job runs the click is queued (``None`` is returned) and starts, in order,
         once the running job's results are in the segment (:meth:`pump`), so it starts
         from them. :meth:`cancel` drops queued clicks too."""
+        check_edit(geometry.volume_shape(target.volume_node), target.axis, slice_idx, point_xy)
         if self.busy:
             self._queued.append((target, slice_idx, point_xy, positive))
             return None
@@ -266,30 +298,47 @@ class RadSAMLogic:
     def pump(self) -> list:
         """Main thread: copy the slices the worker finished into the segment. When the job
         is over, make the segment match the session on every slice the job changed, and
-        end the job. Returns the slices written; re-raises nothing (see ``job.error``)."""
+        end the job. Returns the slices written; re-raises nothing (see ``job.error``).
+
+        A run whose target went away (its volume, segmentation or segment removed, the
+        scene closed, the volume's voxels replaced, the editor's segment switched) stops
+        with a user error; the slices written so far stay, each one complete, and undo
+        takes them back. While slices stream in, the segment's 3D surface is rebuilt when
+        :attr:`surfaces` (a :class:`~.jobs.SurfaceThrottle`) says, and at the end."""
         job, target = self.job, self._job_target
         if job is None or target is None:
+            if self._clear_when_done and not self.busy:
+                self.clear_cache()            # the scene closed during a run that has now ended
             return []
         finished = job.finished              # read before taking slices: none can come after
+        fault = self._fault(target)
+        if fault is not None:
+            self._stop(job)
+            raise user_error(fault + ": RadSAM stopped (the slices it wrote stay, each one complete)")
         masks = job.take_slices()
         if finished and job.error is None and job.result is not None:
             session = job.session
             for idx in job.result.slices:     # the final state of every changed slice
                 masks[idx] = session.slice_mask(idx)
+        surfaces = self.surfaces.due(final=finished)
+        started = self.surfaces.clock()
         try:
-            written = self.writer(target.segmentation_node, target.segment_id,
-                                  target.volume_node, masks, target.axis)
+            written = self._write(target, masks, surfaces)
         except Exception:
-            # The segment cannot take results (e.g. it was deleted): stop the run and stop
-            # writing; the next interaction starts again from the segment's content.
-            job.cancel()
-            self._job_target = None
+            # The segment cannot take results: stop the run and stop writing; the next
+            # interaction starts again from the segment's content.
+            self._stop(job)
             raise
+        if written and surfaces:
+            self.surfaces.rebuilt(started, self.surfaces.clock())
         self._job_written.update(masks)
         if finished:
             self._job_target = None
             if job.error is not None or job.cancel_requested.is_set():
                 self._queued = []          # a failed or cancelled run takes its queued clicks along
+            if self._clear_when_done:
+                self._queued = []
+                self.clear_cache()
             if self._queued:
                 target, slice_idx, xy, positive = self._queued.pop(0)
                 try:
@@ -298,6 +347,43 @@ class RadSAMLogic:
                     self._queued = []
                     raise
         return written
+
+    def _write(self, target: _Target, masks: dict, surfaces: bool = True) -> list:
+        if self.writer is segmentio.write_slices:
+            return segmentio.write_slices(target.segmentation_node, target.segment_id, target.volume_node,
+                                          masks, target.axis, surfaces=surfaces)
+        # The Segment Editor's modify call rebuilds the segment's surface itself.
+        return self.writer(target.segmentation_node, target.segment_id, target.volume_node, masks, target.axis)
+
+    def _fault(self, target: _Target):
+        """Why the running job's results can no longer be written (``None``: they can)."""
+        if self._stop_reason is not None:
+            return self._stop_reason
+        vol, seg = target.volume_node, target.segmentation_node
+        if vol.GetScene() is None:
+            return f"volume '{vol.GetName()}' was removed from the scene while RadSAM was working"
+        if seg.GetScene() is None:
+            return f"segmentation '{seg.GetName()}' was removed from the scene while RadSAM was working"
+        if seg.GetSegmentation().GetSegment(target.segment_id) is None:
+            return f"the segment RadSAM was writing was removed from '{seg.GetName()}'"
+        image = vol.GetImageData()
+        if self._job_image is not None and (image is not self._job_image[0] or image is None
+                                            or image.GetMTime() != self._job_image[1]):
+            return (f"the voxels of volume '{vol.GetName()}' changed while RadSAM was working (another frame of "
+                    "a sequence, or an edit); segment again on what the volume shows now")
+        if self.selected_segment is not None:
+            selected = self.selected_segment()
+            if selected is None or selected[0] is None or selected[0].GetID() != seg.GetID() \
+                    or selected[1] != target.segment_id:
+                name = seg.GetSegmentation().GetSegment(target.segment_id).GetName()
+                return f"another segment was selected in the Segment Editor while RadSAM was writing '{name}'"
+        return None
+
+    def _stop(self, job: Job) -> None:
+        """End the running job without writing more of it (a fault, not a finished run)."""
+        job.cancel()
+        self._job_target = None
+        self._queued = []
 
     def wait(self, job: Job | None = None, timeout: float = 600.0, interval: float = 0.02):
         """Pump until the job ends (the synchronous path: scripts and tests). Returns the
@@ -335,8 +421,7 @@ class RadSAMLogic:
             return None
         session = self.session_for(t)
         change = getattr(session, which)()
-        self.writer(t.segmentation_node, t.segment_id, t.volume_node,
-                    {i: session.slice_mask(i) for i in change.slices}, t.axis)
+        self._write(t, {i: session.slice_mask(i) for i in change.slices})
         return change
 
     def undo(self):
@@ -373,12 +458,16 @@ class RadSAMLogic:
             self.target = None
 
     def clear_cache(self) -> None:
-        """Forget sessions, encoded slices and the model (e.g. when the scene closes)."""
+        """Forget sessions, encoded slices and the model (e.g. when the scene closes). A
+        running job is stopped (:meth:`pump` says why) and the cache goes when it ends."""
         if self.busy:
             self.cancel()
+            self._stop_reason = "the scene was closed while RadSAM was working"
+            self._clear_when_done = True
             return
         self._sessions, self._engines, self._models = {}, {}, {}
         self.target = None
+        self._clear_when_done = False
 
     def shutdown(self) -> None:
         self.cancel()

@@ -12,8 +12,18 @@ the segment is first moved to a layer of its own (``SeparateSegmentLabelmap``: t
 segments' voxels stay in their layer, on their grid); that layer is put on the volume's
 grid when it is empty, and a segment that already has voxels on another grid is refused
 (writing it would resample it). Then only the written slices change, through the
-labelmap's array, and the extent grows only when a slice reaches outside it; the
-labelmap's ``Modified()`` tells the segmentation (and its displays) once per write.
+labelmap's array, and the extent grows only when a slice reaches outside it.
+
+Telling the views follows Slicer's own modify path (``vtkSegmentationModifier::
+ModifyBinaryLabelmap``): the voxels change without the labelmap's ``ModifiedEvent``
+reaching the segmentation -- which would drop the derived representations (the 3D
+closed surfaces) of EVERY segment, and which a segmentation's first segment does not
+even have observed (``AddSegment`` updates its observers before the segment is in its
+list) -- then the segmentation invokes ``SourceRepresentationModified`` and
+``RepresentationModified`` with the segment's ID, the events the slice and 3D views
+observe. Only this segment's derived representations go stale, and ``surfaces`` says
+whether to rebuild them now (a streaming run rebuilds them about once a second and at
+its end, not on every write).
 """
 from __future__ import annotations
 
@@ -131,18 +141,47 @@ def own_labelmap(segmentation_node, segment_id, volume_node):
         segmentation.SeparateSegmentLabelmap(segment_id)
         img = segment.GetRepresentation(BINARY_LABELMAP)
         label = segment.GetLabelValue()
-    if not same_grid:
-        # Empty: give its (own) layer the volume's grid, through Slicer's own call, which
-        # also makes the segmentation observe that labelmap (a segmentation's first empty
-        # segment is not observed: its in-place changes would reach no display).
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.SetBinaryLabelmapToSegment(_oriented_image(np.zeros((1, 1, 1), np.uint8), grid),
-                                                segmentation_node, segment_id, logic.MODE_REPLACE):
-            raise user_error(f"could not write segment '{segment.GetName()}' of '{segmentation_node.GetName()}'")
-        img, label = segment.GetRepresentation(BINARY_LABELMAP), segment.GetLabelValue()
-        img.SetExtent(0, -1, 0, -1, 0, -1)       # the placeholder voxel goes: nothing to keep
-        img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    if img is None or not same_grid:
+        # Empty: its (own) layer becomes an empty image on the volume's grid.
+        img = _oriented_image(np.zeros((0, 0, 0), np.uint8), grid)
+        _replace_labelmap(segment, img)
     return img, label
+
+
+def _replace_labelmap(segment, img) -> None:
+    """Make ``img`` the segment's labelmap (its own layer). The old image fires no
+    ``ModifiedEvent``, so the other segments' derived representations stay; the segment's
+    own ``Modified`` lets the segmentation observe the new image."""
+    segment.AddRepresentation(BINARY_LABELMAP, img)
+
+
+def _notify(segmentation_node, segment_id, surfaces: bool) -> None:
+    """Tell the segmentation and its views that the segment's voxels changed (its labelmap
+    was written without a ``ModifiedEvent``), as Slicer's own modify path does. With
+    ``surfaces``, the segment's stale derived representations (e.g. the closed surface
+    Show 3D displays) are rebuilt now; other segments' are never touched."""
+    segmentation = segmentation_node.GetSegmentation()
+    if surfaces:
+        segment = segmentation.GetSegment(segment_id)
+        stale = surfaces_stale(segmentation_node, segment_id)
+        for name in stale:
+            segment.RemoveRepresentation(name)
+        for name in stale:     # converts only the segments that lack it: this one
+            segmentation.CreateRepresentation(name)
+    segmentation.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified, segment_id)
+    segmentation.InvokeEvent(slicer.vtkSegmentation.RepresentationModified, segment_id)
+
+
+def surfaces_stale(segmentation_node, segment_id) -> list:
+    """Names of the segment's derived representations older than its labelmap."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    img = segment.GetRepresentation(BINARY_LABELMAP) if segment is not None else None
+    if img is None:
+        return []
+    names = []
+    segment.GetContainedRepresentationNames(names)
+    return [n for n in names if n != BINARY_LABELMAP and segment.GetRepresentation(n) is not None
+            and segment.GetRepresentation(n).GetMTime() < img.GetMTime()]
 
 
 def _grown_extent(extent, need, shape, axis):
@@ -163,17 +202,22 @@ def _grown_extent(extent, need, shape, axis):
     return tuple(out)
 
 
-def _reallocate(img, extent) -> None:
-    """Give ``img`` ``extent``, keeping its voxels (the grid does not change)."""
-    old_extent = img.GetExtent()
-    old = None if _is_empty(old_extent) else _image_array(img).copy()
-    img.SetExtent(*extent)
-    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    arr = _image_array(img)
+def _reallocated(img, extent):
+    """A copy of ``img`` with ``extent``, keeping its voxels and grid (a new image: resizing
+    ``img`` itself would fire its ``ModifiedEvent``, see the module's docstring)."""
+    out = slicer.vtkOrientedImageData()
+    out.SetExtent(*extent)
+    out.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    m = vtk.vtkMatrix4x4()
+    img.GetImageToWorldMatrix(m)
+    out.SetImageToWorldMatrix(m)
+    arr = _image_array(out)
     arr[:] = 0
-    if old is not None:
-        e, o = extent, old_extent
-        arr[o[4] - e[4]:o[5] - e[4] + 1, o[2] - e[2]:o[3] - e[2] + 1, o[0] - e[0]:o[1] - e[0] + 1] = old
+    o = img.GetExtent()
+    if not _is_empty(o):
+        e = extent
+        arr[o[4] - e[4]:o[5] - e[4] + 1, o[2] - e[2]:o[3] - e[2] + 1, o[0] - e[0]:o[1] - e[0] + 1] = _image_array(img)
+    return out
 
 
 def _slice_extent(axis: int, idx: int, box2d):
@@ -186,11 +230,17 @@ def _slice_extent(axis: int, idx: int, box2d):
     return (lo[2], hi[2], lo[1], hi[1], lo[0], hi[0])
 
 
-def write_slices(segmentation_node, segment_id, volume_node, slice_masks: dict, axis: int) -> list:
+def write_slices(segmentation_node, segment_id, volume_node, slice_masks: dict, axis: int,
+                 surfaces: bool = True) -> list:
     """Put ``slice_masks`` (``{slice index: bool (rows, cols)}``, slices across ``axis``)
     into the segment, in place, leaving every other voxel of the segmentation as it is.
-    Returns the slices whose content changed (nothing is written when none did)."""
+    Returns the slices whose content changed (nothing is written when none did).
+
+    ``surfaces``: rebuild the segment's stale derived representations (its 3D surface)
+    now; ``False`` leaves them stale for a later write (a run streaming in slices)."""
     if not slice_masks:
+        if surfaces and segmentation_node is not None and surfaces_stale(segmentation_node, segment_id):
+            _notify(segmentation_node, segment_id, True)
         return []
     img, label = own_labelmap(segmentation_node, segment_id, volume_node)
     shape = volume_shape(volume_node)
@@ -207,7 +257,8 @@ def write_slices(segmentation_node, segment_id, volume_node, slice_masks: dict, 
                                                 for n, (a, b) in enumerate(zip(need, e)))
     if need is not None and (_is_empty(extent) or any(
             need[n] < extent[n] if n % 2 == 0 else need[n] > extent[n] for n in range(6))):
-        _reallocate(img, _grown_extent(extent, need, shape, axis))
+        img = _reallocated(img, _grown_extent(extent, need, shape, axis))
+        _replace_labelmap(segmentation_node.GetSegmentation().GetSegment(segment_id), img)
         extent = img.GetExtent()
     changed = []
     if not _is_empty(extent):
@@ -227,7 +278,9 @@ def write_slices(segmentation_node, segment_id, volume_node, slice_masks: dict, 
                 view[...] = np.where(new, label, 0).astype(view.dtype)
                 changed.append(s)
     if changed:
-        img.Modified()
+        img.GetPointData().GetScalars().Modified()    # the image's MTime, for pipelines; no event
+    if changed or (surfaces and surfaces_stale(segmentation_node, segment_id)):
+        _notify(segmentation_node, segment_id, surfaces)
     return changed
 
 
