@@ -205,10 +205,12 @@ class SliceEngine:
             else:
                 self.prefetch_around(int(centre))
 
-    def stop_background(self) -> None:
+    def stop_background(self, wait: bool = True) -> None:
+        """Stop background encoding; ``wait``: until the slice being encoded is done
+        (``False``: return at once, e.g. on a UI thread)."""
         if self._bg_thread is not None:
             self._bg_stop.set()
-            if self._bg_thread is not threading.current_thread():
+            if wait and self._bg_thread is not threading.current_thread():
                 self._bg_thread.join()
             self._bg_thread = None
             if self._bg_state == "encoding":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import wait_for
 from fakes import FakeModel
 from RadSAMLib.config import RadSAMConfig
 from RadSAMLib.engine import SliceEngine
@@ -43,13 +44,6 @@ def engine(n=21, seconds=0.01, **config):
     eng = LoggedEngine(SlowModel(seconds), vol, axis=0, config=RadSAMConfig(**config))
     eng.log = []
     return eng
-
-
-def wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.005)
 
 
 def test_encodes_outward_from_the_centre_until_every_slice_is_ready():
