@@ -148,7 +148,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.hide()
         # Encode the chosen volume while the user looks at it (follows the view; RadSAMSlicerLib.prefetch).
         self.lookAhead, self.lookAheadTimer = prefetch.LookAhead(), qt.QTimer()
-        self.lookAheadTimer.setInterval(500)
+        self.lookAheadTimer.setInterval(100)
         self.lookAheadTimer.timeout.connect(lambda: prefetch.poll(self))
         self.lookAheadTimer.start()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)

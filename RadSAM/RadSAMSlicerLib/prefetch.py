@@ -9,12 +9,21 @@ are ready. A prompt then starts on slices already encoded.
 
 Threads: :class:`LookAhead` runs on the main thread and reads MRML there (the voxels are
 copied to numpy by ``geometry.volume_array`` before anything reaches the worker); the
-worker only builds the engine; the engine's thread only encodes that numpy copy.
+worker only builds the engine; the engine's thread only encodes that numpy copy. In
+Slicer the main thread holds the GIL while Qt's event loop runs (see ``jobs.py``), so
+each poll sleeps :data:`YIELD_S` while slices are being encoded: the encoder itself runs
+without the GIL, but its thread needs it between slices.
 """
 from __future__ import annotations
 
+import time
+
 from . import dependencies, geometry
 from .jobs import Job
+
+# Main-thread seconds each poll leaves to the encoding thread (the poll runs every
+# 100 ms: at most a fifth of the main thread's time, while encoding only).
+YIELD_S = 0.02
 
 
 class LookAhead:
@@ -39,6 +48,8 @@ class LookAhead:
         if not isinstance(window, Window):
             window = Window.preset(window)
         logic.set_model(spec)
+        # A view beyond the volume's end looks at its last slice.
+        centre = min(max(int(centre), 0), geometry.volume_shape(volume_node)[axis] - 1)
         key = logic._engine_key(volume_node, axis, window)
         if key != self.key:
             self.stop(logic)
@@ -51,11 +62,17 @@ class LookAhead:
             if hasattr(engine, "prefetch_around") and engine.prefetch_status()[2] not in ("done", "memory"):
                 engine.prefetch_around(centre)
             return
-        if self._job is not None and not self._job.finished:
-            return                # the engine is being made
-        if self._job is not None and self._job.error is not None:
-            self._failed.add(key)  # e.g. a checkpoint missing: the next prompt reports it
+        if self._job is not None:
+            job_key, job = self._job
+            if not job.finished:
+                return                     # an engine is being made
             self._job = None
+            if job.error is not None:      # e.g. a checkpoint missing: the next prompt reports it
+                self._failed.add(job_key)
+                return
+        if any(k[0] == key[0] for k in logic._engines):
+            # The volume has an engine made for other settings (its sessions hold undo
+            # steps): a new one would replace it, so only a prompt may.
             return
         volume = geometry.volume_array(volume_node)   # main thread: MRML -> numpy copy
 
@@ -63,19 +80,28 @@ class LookAhead:
             engine = logic.engine_for(key, volume, spec)
             if hasattr(engine, "prefetch_around"):
                 engine.prefetch_around(centre)
-        self._job = logic.worker.submit(Job(make, "encode ahead"))
+        self._job = (key, logic.worker.submit(Job(make, "encode ahead")))
+
+    def _engine(self, logic):
+        """The engine encoded ahead, if made and able to (a test's stand-in may not be)."""
+        engine = logic._engines.get(self.key) if self.key is not None else None
+        return engine if hasattr(engine, "prefetch_status") else None
 
     def stop(self, logic) -> None:
         """Stop encoding the current volume (it changed, or none is chosen); never waits."""
-        engine = logic._engines.get(self.key) if self.key is not None else None
-        if engine is not None and hasattr(engine, "stop_background"):
+        engine = self._engine(logic)
+        if engine is not None:
             engine.stop_background(wait=False)
         self.key = None
 
+    def encoding(self, logic) -> bool:
+        engine = self._engine(logic)
+        return engine is not None and engine.prefetch_status()[2] == "encoding"
+
     def status(self, logic) -> str:
         """``"N of M slices ready"`` for the volume being encoded ahead, else ``""``."""
-        engine = logic._engines.get(self.key) if self.key is not None else None
-        if engine is None or not hasattr(engine, "prefetch_status"):
+        engine = self._engine(logic)
+        if engine is None:
             return ""
         ready, total, state = engine.prefetch_status()
         if state == "off":
@@ -85,7 +111,7 @@ class LookAhead:
 
 
 def poll(widget) -> None:
-    """The module widget's timer: follow its volume, view axis, slice, model and window,
+    """The module widget's timer (every 100 ms): follow its volume, view axis, slice, model and window,
     and show the count while RadSAM is idle. Errors are never raised from here (a bad
     setting is reported when the user prompts)."""
     volume = widget.ui.volumeSelector.currentNode()
@@ -111,6 +137,8 @@ def poll(widget) -> None:
                                 widget.modelSpec(), widget.windowChoice(volume))
     except Exception:   # noqa: BLE001 - e.g. a view outside the volume; the next tick retries
         return
+    if widget.lookAhead.encoding(logic) and not logic.busy:   # (a job's own ticks yield while it runs)
+        time.sleep(YIELD_S)
     text = widget.lookAhead.status(logic)
     shown = widget.ui.statusLabel.text
     # Only over an empty line or an earlier count: a result or an error stays readable.

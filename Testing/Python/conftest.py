@@ -36,7 +36,7 @@ def need(path: Path):
 from RadSAMLib.metrics import dice  # noqa: E402  (re-exported for tests)
 
 
-def wait_for(cond, timeout: float = 20.0) -> None:
+def wait_for(cond, timeout: float = 120.0) -> None:
     """Poll ``cond()`` until it is true (work in another thread); fail after ``timeout`` s."""
     import time
     end = time.monotonic() + timeout

@@ -74,8 +74,8 @@ def test_a_chosen_volume_is_encoded_from_the_viewed_slice(logic):
     wait_for(lambda: len(eng.cached_slices()) >= 3)
     first = eng.cached_slices()
     assert set(first[:3]) <= {18, 19, 20, 21, 22}    # outward from slice 20
-    ahead.follow(logic, vol, 0, 2, spec, "soft-tissue")   # the user scrolled
-    wait_for(lambda: eng.is_cached(2))
+    ahead.follow(logic, vol, 0, -7, spec, "soft-tissue")  # the user scrolled (beyond the first slice)
+    wait_for(lambda: eng.is_cached(0))
     wait_for(lambda: eng.prefetch_status()[2] == "done")
     assert ahead.status(logic) == f"{SHAPE[0]} of {SHAPE[0]} slices ready"
     assert logic.loads == [spec]                # one model, one engine
@@ -106,3 +106,18 @@ def test_another_volume_stops_the_first_and_auto_window_encodes_nothing(logic):
     assert len(first.cached_slices()) == n
     ahead.follow(logic, b, 0, 15, spec, "auto")       # the window depends on the prompt
     assert ahead.key is None and ahead.status(logic) == ""
+
+
+def test_an_engine_made_for_other_settings_is_never_replaced(logic):
+    """Changing the window after a prompt must not drop the prompt's engine (its sessions
+    hold the undo steps): only a new prompt may."""
+    vol = volume_node(logic.scene)
+    ahead = LookAhead()
+    spec = ModelSpec("litemedsam", device="cpu")
+    ahead.follow(logic, vol, 0, 15, spec, "soft-tissue")
+    wait_for(lambda: engine(logic, ahead) is not None)
+    first = engine(logic, ahead)
+    ahead.follow(logic, vol, 0, 15, spec, "lung")
+    time.sleep(0.3)
+    ahead.follow(logic, vol, 0, 15, spec, "lung")
+    assert list(logic._engines.values()) == [first] and ahead.status(logic) == ""
