@@ -443,10 +443,10 @@ def felt_latency(base_model, ct, label, task, args) -> list:
     for dec in args.felt_decoders.split(","):
         for batched in (True, False):
             cfg = RadSAMConfig(decoder_batch=batched)
-            e = SliceEngine(base_model, ct, axis=0, config=cfg, encoder_backend="torch", decoder_backend=dec)
+            e = SliceEngine(base_model, ct, axis=0, config=cfg, encode_fn=fast.encode, decoder_backend=dec)
             if batched and e.decode_batch_fn is None:
                 continue                  # this decoder path takes no batches: its one row is below
-            e.share_embeddings(eng)
+            e.set_embeddings({k: eng.embedding(k) for k in range(lo, hi + 1)})   # the same encoder's
             s = Session(e, cfg)
             s.segment(start, prompt, bounds=(lo, hi))
             times, slices = [], []
