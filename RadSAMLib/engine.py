@@ -198,7 +198,8 @@ class SliceEngine:
 
     def recentre(self, centre: int) -> None:
         """Encode outward from ``centre`` from now on (restarting a finished background
-        run if slices are left); a no-op for an index outside the volume."""
+        run if slices are left; a stopped or never started one only keeps the centre for
+        :meth:`prefetch_around`); a no-op for an index outside the volume."""
         if 0 <= centre < self.num_slices:
             if self._bg_thread is None:
                 self._bg_centre = int(centre)
