@@ -18,7 +18,7 @@ from slicer.util import VTKObservationMixin
 
 from RadSAMSlicerLib import ModelSpec, RadSAMLogic  # noqa: F401  (RadSAMLogic is the module's logic)
 from RadSAMSlicerLib import bounds as boundsview
-from RadSAMSlicerLib import dependencies, editor, geometry, segmentio
+from RadSAMSlicerLib import dependencies, editor, geometry, prefetch, segmentio
 from RadSAMSlicerLib.errors import is_out_of_memory, is_user_error, message_for
 
 from RadSAMLib import catalog
@@ -146,6 +146,11 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.installTimer.timeout.connect(self.onInstallTimer)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
+        # Encode the chosen volume while the user looks at it (follows the view; RadSAMSlicerLib.prefetch).
+        self.lookAhead, self.lookAheadTimer = prefetch.LookAhead(), qt.QTimer()
+        self.lookAheadTimer.setInterval(100)
+        self.lookAheadTimer.timeout.connect(lambda: prefetch.poll(self))
+        self.lookAheadTimer.start()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneClosed)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
         interaction = slicer.app.applicationLogic().GetInteractionNode()
@@ -178,6 +183,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         boundsview.remove_bounds(slicer.mrmlScene)
         self.timer.stop()
         self.installTimer.stop()
+        self.lookAheadTimer.stop()
         if self.installer is not None:
             self.installer.cancel()
         self.removeObservers()

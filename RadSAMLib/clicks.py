@@ -1,7 +1,8 @@
 """How a SAM-style model answers clicks: point-only prompts and correction clicks.
 
 Pure functions over a :class:`~RadSAMLib.engine.SliceEngine` (or anything with its
-``predict(idx, prompt) -> SliceResult`` and ``frame.scale``); the session calls them, so
+``predict(idx, prompt) -> SliceResult`` and ``frame.scale``; its ``predict_many`` is used
+where present); the session calls them, so
 the rules live here, in one place, and a :class:`ClickConfig` names which rules a session
 uses (the benchmark runs several side by side).
 
@@ -120,6 +121,13 @@ def predict_prompt(engine, idx: int, prompt: SlicePrompt, cfg: ClickConfig):
     return engine.predict(idx, prompt)
 
 
+def predict_each(engine, idx: int, prompts) -> list:
+    """One answer per prompt; an engine that can ask the decoder once for several
+    (``SliceEngine.predict_many``) does."""
+    many = getattr(engine, "predict_many", None)
+    return many(idx, prompts) if many is not None else [engine.predict(idx, p) for p in prompts]
+
+
 def with_pixels(mask: np.ndarray, points, value: bool) -> np.ndarray:
     out = mask.copy()
     for x, y in points:
@@ -143,7 +151,7 @@ def edit_slice(engine, strategy, idx: int, anchor: SlicePrompt, prev: np.ndarray
         prompts = [strategy.prompt_from_mask(prev, engine.frame.scale, pts, labs)]
     if prev.any():
         prompts.append(SlicePrompt(box=anchor.box, points=pts, labels=labs, mask=prev))
-    results = [engine.predict(idx, p) for p in prompts]
+    results = predict_each(engine, idx, prompts)
     xy = np.round(np.asarray(pts)).astype(int)
     if cfg.edit == "legacy":
         return _legacy_edit(results, prev, xy, labs)

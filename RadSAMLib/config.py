@@ -14,7 +14,7 @@ from .errors import RadSAMError
 from .propagation import Strategy
 
 # The fields SliceEngine reads; a Session's config must agree with its engine's on these.
-ENGINE_FIELDS = ("prefetch_batch", "encoder_batch")
+ENGINE_FIELDS = ("prefetch_batch", "encoder_batch", "decoder_batch", "prefetch_memory_mb", "background_yield_s")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,15 @@ class RadSAMConfig:
       encoder_batch (int or None): the most slices the PyTorch encoder runs in one forward
         pass (bounds activation memory; larger calls are split). ``None``: 32 on a GPU, 1
         on the CPU. The ONNX Runtime path runs one slice at a time regardless.
+      decoder_batch (bool): give the decoder a slice's prompts that have the same number of
+        tokens in one call (hybrid's two prompts), where the decoder path takes batches;
+        the answers are those of one call per prompt. False: one call per prompt.
+      prefetch_memory_mb (float): background encoding
+        (:meth:`~RadSAMLib.engine.SliceEngine.prefetch_around`) stops when the engine's
+        embeddings reach this many MiB (about 2 MiB a slice in half precision). An
+        interaction still encodes every slice it needs.
+      background_yield_s (float): background encoding waits until no prediction has
+        been asked for this many seconds (a running interaction comes first).
     """
 
     strategy: Strategy | None = None
@@ -53,6 +62,9 @@ class RadSAMConfig:
     min_pixels: int = 1
     prefetch_batch: int | None = None
     encoder_batch: int | None = None
+    decoder_batch: bool = True
+    prefetch_memory_mb: float = 1024.0
+    background_yield_s: float = 0.5
 
     def __post_init__(self):
         if self.strategy in ("", "auto"):
@@ -67,6 +79,11 @@ class RadSAMConfig:
             if v is not None and (int(v) != v or v < (0 if name == "min_pixels" else 1)):
                 raise RadSAMError(f"{name} must be a {'non-negative' if name == 'min_pixels' else 'positive'} "
                                   f"integer, got {v}")
+
+        for name in ("prefetch_memory_mb", "background_yield_s"):
+            v = getattr(self, name)
+            if not 0 <= v < float("inf"):   # NaN fails this too
+                raise RadSAMError(f"{name} must be a finite number, not negative; got {v}")
 
     def engine_fields(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in ENGINE_FIELDS}

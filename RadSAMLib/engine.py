@@ -9,7 +9,10 @@ embeddings computed elsewhere can be given to an engine (:meth:`SliceEngine.set_
 """
 from __future__ import annotations
 
+import os
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +82,12 @@ class SliceEngine:
         from .accel import make_decoder, make_encoder
         self.encode_fn = encode_fn or make_encoder(model, backend=encoder_backend, batch_size=self.config.encoder_batch)
         self.decode_fn = decode_fn or make_decoder(model, backend=decoder_backend)
+        # Several prompts of one slice in one decoder call, where the path can take them
+        # (the eager model; a decode_fn with a ``decode_batch`` method); else one by one.
+        self.decode_batch_fn = None
+        if self.config.decoder_batch:
+            own = self.decode_fn == getattr(model, "decode", None)
+            self.decode_batch_fn = getattr(model if own else self.decode_fn, "decode_batch", None)
         self.prefetch_batch = self.config.prefetch_batch or (16 if model.device.type == "cuda" else 1)
         self._cache: dict[int, torch.Tensor] = {}
         self._cache_lock = threading.Lock()
@@ -88,6 +97,14 @@ class SliceEngine:
         self.encode_count = 0       # slices encoded (tests check "encode once")
         self.encode_seconds = 0.0
         self._decode_hook = None
+        # Background encoding (look-ahead, :meth:`prefetch_around`): its thread, stop flag
+        # and centre; ``_foreground_at`` is when a caller last asked for a prediction or an
+        # embedding (the background yields to it).
+        self._bg_thread = None
+        self._bg_stop = threading.Event()
+        self._bg_centre = 0
+        self._bg_state = "off"
+        self._foreground_at = float("-inf")
 
     # -- slices ------------------------------------------------------------------------
     def check_index(self, idx: int, what: str = "slice") -> int:
@@ -105,6 +122,7 @@ class SliceEngine:
         emb = self._cache.get(idx)
         if emb is not None:
             return emb
+        self._foreground_at = time.monotonic()   # before the lock: the background sees it and stays off
         with self._encode_lock:  # one encoder run at a time; a prefetch may have just done it
             emb = self._cache.get(idx)
             if emb is None:
@@ -124,7 +142,6 @@ class SliceEngine:
                     self._encode(batch)
 
     def _encode(self, indices) -> None:
-        import time
         t0 = time.perf_counter()
         images = torch.stack([self.frame.image_to_model(self.window.apply(self.slice(i))) for i in indices])
         emb = self.encode_fn(images)
@@ -154,6 +171,77 @@ class SliceEngine:
             self._prefetch_stop.set()
             self._prefetch_thread.join()
             self._prefetch_thread = None
+
+    # -- background encoding ----------------------------------------------------------
+    def prefetch_around(self, centre: int) -> None:
+        """Encode slices outward from ``centre`` (``centre``, ``+1``, ``-1``, ``+2``...) in
+        one low-priority background thread, while the user looks at the volume, so that a
+        prompt starts on slices already encoded.
+
+        The thread yields to any running work: it encodes nothing while an interaction's
+        own prefetch (:meth:`prefetch`) runs or within ``background_yield_s`` of a caller's
+        last prediction, so it delays a job by at most the one slice it is encoding. It
+        stops when every slice is encoded, when the embeddings reach the config's
+        ``prefetch_memory_mb``, on :meth:`stop_background` / :meth:`close`, or when the
+        engine is dropped (it holds the engine only weakly). :meth:`recentre` moves the
+        centre (the user scrolled); :meth:`prefetch_status` says how far it got."""
+        centre = self.check_index(centre, "prefetch centre")
+        self._bg_centre = centre
+        if self._bg_thread is not None and self._bg_thread.is_alive():
+            return
+        self._bg_stop = stop = threading.Event()
+        self._bg_state = "encoding"
+        t = threading.Thread(target=_background_loop, args=(weakref.ref(self), stop),
+                             name="radsam-look-ahead", daemon=True)
+        self._bg_thread = t
+        t.start()
+
+    def recentre(self, centre: int) -> None:
+        """Encode outward from ``centre`` from now on (restarting a finished background
+        run if slices are left; a stopped or never started one only keeps the centre for
+        :meth:`prefetch_around`); a no-op for an index outside the volume."""
+        if 0 <= centre < self.num_slices:
+            if self._bg_thread is None:
+                self._bg_centre = int(centre)
+            else:
+                self.prefetch_around(int(centre))
+
+    def stop_background(self, wait: bool = True) -> None:
+        """Stop background encoding; ``wait``: until the slice being encoded is done
+        (``False``: return at once, e.g. on a UI thread)."""
+        if self._bg_thread is not None:
+            self._bg_stop.set()
+            if wait and self._bg_thread is not threading.current_thread():
+                self._bg_thread.join()
+            self._bg_thread = None
+            if self._bg_state == "encoding":
+                self._bg_state = "stopped"
+
+    def close(self) -> None:
+        """Stop all encoding (background and an interaction's prefetch); the embeddings
+        already made stay usable."""
+        self.stop_background()
+        self.stop_prefetch()
+
+    def prefetch_status(self) -> tuple:
+        """``(slices encoded, slices in the volume, state)``; state: ``off`` (never
+        started), ``encoding``, ``done`` (every slice), ``memory`` (the memory budget is
+        full), ``stopped``."""
+        return len(self._cache), self.num_slices, self._bg_state
+
+    def _next_background_slice(self):
+        """The uncached slice nearest the centre (``+d`` before ``-d``), or ``None``."""
+        c = self._bg_centre
+        for d in range(self.num_slices):
+            for k in ((c,) if d == 0 else (c + d, c - d)):
+                if 0 <= k < self.num_slices and k not in self._cache:
+                    return k
+        return None
+
+    def _job_running(self) -> bool:
+        t = self._prefetch_thread
+        return (t is not None and t.is_alive()) or \
+            time.monotonic() - self._foreground_at < self.config.background_yield_s
 
     def cache_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in list(self._cache.values()))
@@ -224,23 +312,93 @@ class SliceEngine:
             return self._decode_hook(idx, prompts, self._predict_best)
         return self._predict_best(idx, prompts)
 
+    def predict_many(self, idx: int, prompts) -> list:
+        """Every answer: one :class:`SliceResult` per prompt, in order (prompts that can
+        share a decoder call share it)."""
+        if self._decode_hook is not None:
+            return [self._decode_hook(idx, [p], self._predict_best) for p in prompts]
+        self._foreground_at = time.monotonic()
+        with torch.no_grad():
+            return [self._to_slice(*a) for a in self._decode_all(idx, prompts)]
+
     @torch.no_grad()
     def _predict_best(self, idx: int, prompts) -> SliceResult:
-        f = self.frame
+        self._foreground_at = time.monotonic()
         best = None
-        for prompt in prompts:
-            box = None if prompt.box is None else f.box_to_model(prompt.box)
-            pts = labs = None
-            if prompt.points:
-                pts = f.slice_to_model(np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2))
-                labs = np.asarray(prompt.labels, dtype=np.float32)
-            mask = None
-            if prompt.mask is not None and prompt.mask.any():
-                mask = f.mask_to_model(prompt.mask, size=self.model.mask_input_size)
-            logits, scores = self.decode_fn(self.embedding(idx), box=box, points=pts, labels=labs, mask=mask)
-            scores = scores.float().cpu().numpy()
+        for logits, scores in self._decode_all(idx, prompts):
             if best is None or scores[0] > best[1][0]:
                 best = (logits, scores)
-        logits, scores = best
-        on_slice = f.logits_to_slice(logits).cpu()
+        return self._to_slice(*best)
+
+    def _to_slice(self, logits, scores) -> SliceResult:
+        on_slice = self.frame.logits_to_slice(logits).cpu()
         return SliceResult(masks=(on_slice > 0).numpy(), scores=scores, logits=on_slice[0].numpy())
+
+    def _model_prompt(self, prompt: SlicePrompt) -> dict:
+        """``prompt`` (slice pixels) as the decoder's keyword arguments (model frame)."""
+        f = self.frame
+        box = None if prompt.box is None else f.box_to_model(prompt.box)
+        pts = labs = None
+        if prompt.points:
+            pts = f.slice_to_model(np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2))
+            labs = np.asarray(prompt.labels, dtype=np.float32)
+        mask = None
+        if prompt.mask is not None and prompt.mask.any():
+            mask = f.mask_to_model(prompt.mask, size=self.model.mask_input_size)
+        return dict(box=box, points=pts, labels=labs, mask=mask)
+
+    def _decode_all(self, idx: int, prompts) -> list:
+        """``[(logits (4, S', S') model frame, scores (4,) numpy)]`` per prompt. Prompts
+        with the same number of tokens go to the decoder together (hybrid's mask+box and
+        box: a box-only prompt is given the "no mask" dense embedding it would get alone)."""
+        from .models.base import prompt_tokens
+        args = [self._model_prompt(p) for p in prompts]
+        emb = self.embedding(idx)
+        out = [None] * len(args)
+        groups: dict = {}
+        for n, a in enumerate(args):
+            key = prompt_tokens(a["box"], a["points"]) if self.decode_batch_fn is not None else n
+            groups.setdefault(key, []).append(n)
+        for members in groups.values():
+            if len(members) == 1:
+                logits, scores = self.decode_fn(emb, **args[members[0]])
+                out[members[0]] = (logits, scores.float().cpu().numpy())
+                continue
+            logits, scores = self.decode_batch_fn(emb, [args[n] for n in members])
+            scores = scores.float().cpu().numpy()
+            for b, n in enumerate(members):
+                out[n] = (logits[b], scores[b])
+        return out
+
+
+def _background_loop(engine_ref, stop: threading.Event) -> None:
+    """The body of :meth:`SliceEngine.prefetch_around`'s thread (holds the engine weakly)."""
+    _lower_thread_priority()
+    while not stop.is_set():
+        eng = engine_ref()
+        if eng is None:
+            return
+        if eng._job_running():
+            del eng
+            stop.wait(0.05)
+            continue
+        if eng.cache_bytes() >= eng.config.prefetch_memory_mb * 2 ** 20:
+            eng._bg_state = "memory"
+            return
+        with eng._encode_lock:
+            k = eng._next_background_slice()
+            if k is None:
+                eng._bg_state = "done"
+                return
+            if not eng._job_running():   # re-checked under the lock: a job may have just started
+                eng._encode([k])
+        del eng
+
+
+def _lower_thread_priority() -> None:
+    """Nice this thread (Linux: threads have their own nice value) so the UI and a job
+    get the CPU first; elsewhere a no-op."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass

@@ -11,8 +11,9 @@ Strategies, i.e. how the previous slice's mask becomes the next slice's prompt:
   answer it scores higher (its predicted IoU) wins. A mask prompt keeps thin and
   low-contrast objects that a box loses to their neighbours; a box with slack lets an
   object grow back where a model given its neighbour's mask answers a little smaller on
-  every slice. Asking twice costs little in a propagation, where the encoder dominates,
-  but doubles decoder-only work (an edit's re-propagation).
+  every slice. Both prompts have the same tokens, so they go to the decoder in one call
+  where the decoder path takes batches (``RadSAMConfig.decoder_batch``); the work is still
+  two prompts' (docs/benchmark/speed.md).
 
 A mask prompt can be grown by ``grow`` model-frame pixels before it is given, the mask
 counterpart of the box margin: a model given its neighbour's exact mask may answer a

@@ -181,18 +181,7 @@ class RadSAMLogic:
             from RadSAMLib.session import Session
             session = self._sessions.get(skey)
             if session is None:
-                engine = self._engines.get(ekey)
-                if engine is None:
-                    model = self._models.get(spec) or self.model_loader(spec)
-                    self._models = {spec: model}  # keep one model in memory
-                    engine = self.engine_factory(model, volume, target.axis, window)
-                    # One engine per volume (its embeddings are the memory that matters);
-                    # sessions on a dropped engine go with it.
-                    engines = {k: v for k, v in self._engines.items() if k[0] != ekey[0]}
-                    engines[ekey] = engine
-                    self._engines = engines
-                    self._sessions = {k: v for k, v in self._sessions.items() if k[:len(ekey)] in engines}
-                session = Session(engine, config)
+                session = Session(self.engine_for(ekey, volume, spec), config)
                 self._sessions[skey] = session
             if session.mask.shape != current.shape:
                 raise user_error("the volume changed shape; select it again")
@@ -216,6 +205,22 @@ class RadSAMLogic:
         self.surfaces.reset()
         self.target = target
         return self.worker.submit(job)
+
+    def engine_for(self, ekey, volume, spec):
+        """Worker thread: the engine of ``ekey`` (see :meth:`_engine_key`), made from
+        ``volume`` (read on the main thread) with the model of ``spec`` if needed."""
+        engine = self._engines.get(ekey)
+        if engine is None:
+            model = self._models.get(spec) or self.model_loader(spec)
+            self._models = {spec: model}  # keep one model in memory
+            engine = self.engine_factory(model, volume, ekey[2], ekey[4])
+            # One engine per volume (its embeddings are the memory that matters);
+            # sessions on a dropped engine go with it.
+            engines = {k: v for k, v in self._engines.items() if k[0] != ekey[0]}
+            engines[ekey] = engine
+            self._engines = engines
+            self._sessions = {k: v for k, v in self._sessions.items() if k[:len(ekey)] in engines}
+        return engine
 
     # -- interactions (asynchronous: returns a Job; call pump() until job.finished) ------
     def start_segment(self, target: _Target, slice_idx: int, prompt, bounds=None) -> Job:

@@ -88,6 +88,17 @@ class SamFamilyModel(nn.Module):
             raise ValueError("decode needs at least one prompt")
         return self.prompt_encoder(points=pts, boxes=boxes, masks=masks)
 
+    def prompt_batch(self, prompts):
+        """Several prompts (dicts of :meth:`prompt_embeddings`'s arguments) -> ``sparse
+        (B, N, 256)`` and ``dense (B, 256, E, E)``, to be decoded in one call. A prompt
+        without a mask gets the prompt encoder's "no mask" dense embedding, exactly as it
+        would alone; every prompt must give the same number of tokens
+        (:func:`prompt_tokens`): a padded token would change the answer."""
+        parts = [self.prompt_embeddings(**p) for p in prompts]
+        if len({int(s.shape[1]) for s, _ in parts}) > 1:
+            raise ValueError("prompts with different numbers of tokens cannot share a decoder call")
+        return torch.cat([s for s, _ in parts]), torch.cat([d for _, d in parts])
+
     def decode(self, embedding: torch.Tensor, box=None, points=None, labels=None, mask=None):
         """Decode one embedding with any mix of prompts (model-frame coordinates).
 
@@ -95,12 +106,27 @@ class SamFamilyModel(nn.Module):
         ``mask``: ``(M, M)`` [0, 1] mask in the model frame at ``mask_input_size``.
         Gradients flow (training uses this); wrap in ``torch.no_grad()`` for inference.
         """
+        logits, scores = self.decode_batch(embedding, [dict(box=box, points=points, labels=labels, mask=mask)])
+        return logits[0], scores[0]
+
+    def decode_batch(self, embedding: torch.Tensor, prompts):
+        """Decode one embedding with several prompts in one mask-decoder call: ``prompts``
+        a list of dicts of :meth:`decode`'s keyword arguments, all with the same number of
+        tokens (:func:`prompt_tokens`). Returns ``logits (B, 4, 4E, 4E)``, ``scores (B, 4)``,
+        row ``b`` equal (to float rounding) to ``decode(embedding, **prompts[b])``."""
         emb = embedding.to(self.device, torch.float32)
-        sparse, dense = self.prompt_embeddings(box, points, labels, mask)
-        logits, scores = self.mask_decoder.predict_masks(
-            image_embeddings=emb,
+        sparse, dense = self.prompt_batch(prompts)
+        return self.mask_decoder.predict_masks(
+            image_embeddings=emb,   # SAM's decoder repeats the one image per prompt
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
         )
-        return logits[0], scores[0]
+
+
+def prompt_tokens(box=None, points=None) -> int:
+    """Sparse tokens SAM's prompt encoder makes of a prompt: one per point, two for a box,
+    and a padding point when there are points but no box (prompts decoded together must
+    have the same count)."""
+    n = 0 if points is None else len(points)
+    return n + (2 if box is not None else (1 if n else 0))

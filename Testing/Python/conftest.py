@@ -36,6 +36,15 @@ def need(path: Path):
 from RadSAMLib.metrics import dice  # noqa: E402  (re-exported for tests)
 
 
+def wait_for(cond, timeout: float = 120.0) -> None:
+    """Poll ``cond()`` until it is true (work in another thread); fail after ``timeout`` s."""
+    import time
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
 @pytest.fixture(scope="session")
 def model():
     from RadSAMLib.models import load_model

@@ -20,6 +20,13 @@ The CPU is often shared: every time is the min (and median) of ``--repeats`` run
 the load average is printed. ``--memory-slices N`` adds a peak-memory check of an
 ``N``-slice 512x512 session (a real CT resampled to that size; embeddings past the first
 ``--memory-real`` are copies of real ones, the same bytes an encoder would produce).
+
+``--felt`` measures what a user feels instead (issue 21), on the CPU: the time from a
+prompt to the full 3D mask with nothing encoded and after the volume was open
+``--open-s`` seconds with background encoding running, and the time of a typical
+correction click (the CVPR 2025 challenge's clicks on the propagated result) and of a
+forced whole-range edit, per decoder path with and without batched prompts. Every figure
+is printed with the CPU's model name and reduced-precision flags.
 """
 from __future__ import annotations
 
@@ -361,6 +368,132 @@ def cold_start(args) -> int:
     return 0
 
 
+# -- felt latency ------------------------------------------------------------------------------
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide reduced-precision paths (every
+    figure is reported with them)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() == "model name":
+                    name = val.strip()
+                elif key.strip() == "flags":
+                    flags = set(val.split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    have = [f for f in wanted if f in flags]
+    lacks = [f for f in wanted if f not in flags] if flags else []
+    return f"{name}; flags {' '.join(have) or 'n/a'}" + (f"; lacks {' '.join(lacks)}" if lacks else "")
+
+
+def felt_latency(base_model, ct, label, task, args) -> list:
+    """What a user feels (see ``--felt``). Returns one row per measured path.
+
+    (a) prompt -> full 3D mask of the task's object: cold (nothing encoded; the path before
+    issue 21), and after the volume has been open ``--open-s`` seconds with background
+    encoding (``SliceEngine.prefetch_around``) from the prompt slice;
+    (b) correction clicks with cached embeddings, per decoder path: ``--clicks`` clicks of
+    the CVPR 2025 challenge's click model on the propagated result (median and max time
+    from click to the last re-propagated slice, convergence stop on, as a user gets
+    them), then a forced edit re-propagating the whole range (convergence stop off)."""
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.config import RadSAMConfig
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+
+    from .user import challenge_click
+    start, box, (lo, hi) = task
+    fast = accelerate(base_model, "auto", "auto", threads=args.threads)
+    prompt = SlicePrompt(box=box)
+    rows = []
+
+    def prompt_to_mask(eng):
+        sess = Session(eng)
+        t0 = time.perf_counter()
+        sess.segment(start, prompt, bounds=(lo, hi))
+        return time.perf_counter() - t0, sess
+
+    eng = SliceEngine(fast, ct, axis=0)
+    eng.predict(start, prompt)          # paths built and warm; the prompt slice itself is encoded
+    eng = SliceEngine(fast, ct, axis=0)
+    cold_s, _ = prompt_to_mask(eng)
+    row = {"what": "prompt -> 3D mask, cold", "slices": hi - lo + 1, "s": cold_s, "encoded_before": 0,
+           "encode_s_per_slice": eng.encode_seconds / max(1, eng.encode_count), "load": loadavg()}
+    rows.append(row)
+    print("# felt " + json.dumps(_rounded(row)), flush=True)
+
+    eng = SliceEngine(fast, ct, axis=0)
+    eng.prefetch_around(start)
+    time.sleep(args.open_s)
+    ready = len(eng.cached_slices())
+    warm_s, _ = prompt_to_mask(eng)
+    eng.stop_background()
+    row = {"what": f"prompt -> 3D mask, volume open {args.open_s:g} s", "slices": hi - lo + 1, "s": warm_s,
+           "encoded_before": ready, "x_cold": cold_s / warm_s, "load": loadavg()}
+    rows.append(row)
+    print("# felt " + json.dumps(_rounded(row)), flush=True)
+
+    gt = None if label is None else (label[lo:hi + 1] == args.label)
+    eng.encode_slices(range(lo, hi + 1))
+    for dec in args.felt_decoders.split(","):
+        for batched in (True, False):
+            cfg = RadSAMConfig(decoder_batch=batched)
+            e = SliceEngine(base_model, ct, axis=0, config=cfg, encode_fn=fast.encode, decoder_backend=dec)
+            if batched and e.decode_batch_fn is None:
+                continue                  # this decoder path takes no batches: its one row is below
+            e.set_embeddings({k: eng.embedding(k) for k in range(lo, hi + 1)})   # the same encoder's
+            s = Session(e, cfg)
+            s.segment(start, prompt, bounds=(lo, hi))
+            times, slices = [], []
+            for _ in range(args.clicks if gt is not None else 0):
+                ed = challenge_click(s.mask[lo:hi + 1], gt)
+                if ed is None:
+                    break
+                k, xy, positive = ed
+                t0 = time.perf_counter()
+                slices.append(sum(1 for _ in s.edit_iter(k + lo, xy, positive)))
+                times.append(time.perf_counter() - t0)
+            s.config = replace(s.config, converge_dice=2.0)
+            m = s.slice_mask(start)
+            ys, xs = np.nonzero(m) if m.any() else ([box[1]], [box[0]])
+            t0 = time.perf_counter()
+            forced_n = sum(1 for _ in s.edit_iter(start, (float(np.median(xs)), float(np.median(ys))), True))
+            forced = time.perf_counter() - t0
+            row = {"what": "correction clicks", "decoder": getattr(e.decode_fn, "backend", dec),
+                   "batched": e.decode_batch_fn is not None, "clicks": len(times),
+                   "click_s_median": statistics.median(times) if times else float("nan"),
+                   "click_s_max": max(times) if times else float("nan"),
+                   "click_slices": slices, "forced_edit_s": forced, "forced_edit_slices": forced_n, "load": loadavg()}
+            rows.append(row)
+            print("# felt " + json.dumps(_rounded(row)), flush=True)
+    return rows
+
+
+def _rounded(row: dict) -> dict:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def format_felt(rows, cpu: str) -> str:
+    lines = [f"CPU: {cpu}", "", "| what | slices | seconds | slices encoded before the prompt | x cold |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["what"].startswith("prompt"):
+            lines.append("| %s | %d | %.1f | %d | %s |" % (r["what"], r["slices"], r["s"], r["encoded_before"],
+                                                         "%.2f" % r["x_cold"] if "x_cold" in r else "-"))
+    lines += ["", "| decoder | batched prompts | challenge clicks | click s median (max) | slices re-run per click | "
+                  "forced edit s (slices) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["what"] == "correction clicks":
+            lines.append("| %s | %s | %d | %.2f (%.2f) | %s | %.2f (%d) |" % (
+                r["decoder"], "yes" if r["batched"] else "no", r["clicks"], r["click_s_median"], r["click_s_max"],
+                ",".join(map(str, r["click_slices"])), r["forced_edit_s"], r["forced_edit_slices"]))
+    return "\n".join(lines)
+
+
 # -- table -----------------------------------------------------------------------------------
 def format_table(rows) -> str:
     base = {r["device"]: r for r in rows if r["encoder"] == "torch" and r["decoder"] == "eager"}
@@ -408,6 +541,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-slices", type=int, default=0, help="also measure peak RSS of an N-slice 512x512 session")
     p.add_argument("--memory-real", type=int, default=8, help="slices really encoded in the memory check (the rest are copies)")
     p.add_argument("--cold-only", action="store_true", help="only time model load + auto paths + first slice (run in a fresh process)")
+    p.add_argument("--felt", action="store_true",
+                   help="felt latency instead of the path table: prompt -> 3D mask cold and after the volume was open "
+                        "--open-s seconds with background encoding; challenge-click and forced-edit times per decoder")
+    p.add_argument("--open-s", type=float, default=60.0, help="--felt: seconds the volume is open before the prompt")
+    p.add_argument("--clicks", type=int, default=5, help="--felt: challenge clicks timed")
+    p.add_argument("--felt-decoders", default="auto,eager",
+                   help="--felt: decoder paths whose clicks are timed, each with and without batched prompts where it "
+                        "takes batches (default auto,eager)")
     p.add_argument("--json", help="write all figures to this JSON file")
 
 
@@ -438,9 +579,18 @@ def run(args) -> int:
         label = None if label is None else np.ascontiguousarray(np.moveaxis(label, args.axis, 0))
         name += f" axis {args.axis}"
     task = pick_task(ct, label, args.label, args.slices)
+    cpu = cpu_description()
     print(f"# radsam bench-speed: {args.model} on {name} {tuple(ct.shape)}, slices {task[2][0]}..{task[2][1]} "
-          f"(prompt {task[0]}), torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cpus, load {loadavg()}", flush=True)
+          f"(prompt {task[0]}), torch {torch.__version__}, {cpu}, {os.cpu_count()} cpus, load {loadavg()}", flush=True)
+    if args.felt:
+        model = random_sam(args.model, torch.device("cpu")) if args.random_weights else \
+            load_model(args.model, checkpoint=args.checkpoint, device="cpu")
+        rows = felt_latency(model, ct, label, task, args)
+        print(format_felt(rows, cpu))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"felt": rows, "cpu": cpu, "volume": name, "model": args.model,
+                                                   "torch": torch.__version__}, indent=1))
+        return 0
     rows, mem = [], []
     for dev_name in devices:
         device = torch.device(dev_name)
