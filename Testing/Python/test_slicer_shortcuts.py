@@ -6,8 +6,8 @@ RadSAM key that Slicer also uses is lost to the user: Shift+End / Shift+Home, Ra
 first Bottom/Top keys, are the 3D view's "rotate to posterior / inferior".
 
 ``SLICER_KEYS`` lists Slicer's default keys, each from the Slicer source file that binds
-it (paths in Slicer/Slicer; tags v5.6.2 to v5.10.0 bind the same keys). The keys of the
-views' interaction widgets are also checked against the real widgets of the installed
+it (paths in Slicer/Slicer, as read on its main branch). The keys of the views'
+interaction widgets are also checked against the real widgets of the installed
 ``slicer-core`` build: every listed key must do something there (the table is not
 stale), and no RadSAM key may do anything there (in every state a key can reach them).
 Without slicer-core, only the table check runs.
