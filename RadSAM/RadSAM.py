@@ -36,16 +36,20 @@ WINDOWS = (
     ("The volume's current window/level", "view"),
 )
 
-# Keyboard shortcuts, active while the module is shown: widget name -> key. Plain letters
-# are avoided: slice views use some (b/f move between slices), and `[`/`]` switch the
-# background volume there.
+# Keyboard shortcuts, active while the module is shown: widget name -> key. None of them
+# is a key Slicer itself uses in a view or the main window (Testing/Python/
+# test_slicer_shortcuts.py lists those, from Slicer's source): plain letters move through
+# slices (b/f), toggle layers (g/t/v) or reset views (r); Home/End/PageDown, with or
+# without Shift, turn the 3D view; `[`/`]` switch the background volume. Bottom and Top
+# are the Lower and Upper bounds. Ctrl+Z/Ctrl+Y mean undo/redo here as in the Segment
+# Editor, whose shortcuts are only installed while the Segment Editor is shown.
 SHORTCUTS = {
     "boxButton": "Shift+B",
     "pointPositiveButton": "Shift+A",
     "pointNegativeButton": "Shift+D",
     "maskButton": "Shift+M",
-    "bottomButton": "Shift+End",
-    "topButton": "Shift+Home",
+    "bottomButton": "Shift+L",
+    "topButton": "Shift+U",
     "segmentButton": "Shift+S",
     "undoButton": "Ctrl+Z",
     "redoButton": "Ctrl+Y",
@@ -156,15 +160,20 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         interaction = slicer.app.applicationLogic().GetInteractionNode()
         self.addObserver(interaction, interaction.InteractionModeChangedEvent, self.onInteractionModeChanged)
         self.observeSliceViews()
-        slicer.app.layoutManager().layoutChanged.connect(self.observeSliceViews)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:      # None without a main window (--no-main-window tests)
+            layoutManager.layoutChanged.connect(self.observeSliceViews)
         self.updateGUI()
 
     # -- module lifecycle --------------------------------------------------------------------
     def enter(self):
         self.observeSliceViews()
         self.removeShortcuts()
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is None:       # no window to take keys in
+            return
         for name, key in SHORTCUTS.items():
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
+            shortcut = qt.QShortcut(qt.QKeySequence(key), mainWindow)
             shortcut.connect("activated()", getattr(self.ui, name).click)
             self._shortcuts.append(shortcut)
 
@@ -345,6 +354,8 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def observeSliceViews(self, *args):
         layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
         for name in layoutManager.sliceViewNames():
             sliceWidget = layoutManager.sliceWidget(name)
             interactor = sliceWidget.sliceView().interactor()
@@ -363,19 +374,25 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.activeSliceNode = sliceNode
             self.updateBoundsRange()
 
-    def activeView(self):
-        """The slice node of the view last clicked, scrolled or typed in (Red until then)."""
+    def activeView(self, required=True):
+        """The slice node of the view last clicked, scrolled or typed in (Red until then).
+        Without slice views (no main window): an error, or ``None`` if not ``required``."""
         node = self.activeSliceNode
         if node is None or node.GetScene() is None:
-            node = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            layoutManager = slicer.app.layoutManager()
+            red = layoutManager.sliceWidget("Red") if layoutManager is not None else None
+            node = red.mrmlSliceNode() if red is not None else None
+        if node is None and required:
+            raise ValueError("there is no slice view: type the Bottom and Top slice numbers in the RadSAM module")
         return node
 
     def viewAxis(self, volume):
         """Propagation axis: the axis Bottom/Top were set on; without bounds, the volume
-        axis closest to the active view's normal."""
+        axis closest to the active view's normal (without views: the volume's slices, k)."""
         if self.boundsAxis is not None and self.bounds() is not None:
             return self.boundsAxis
-        return geometry.view_slice(volume, self.activeView())[0]
+        view = self.activeView(required=False)
+        return geometry.view_slice(volume, view)[0] if view is not None else 0
 
     def currentSliceIndex(self, volume, axis):
         """The slice across ``axis`` through the active view's centre."""
@@ -475,7 +492,7 @@ class RadSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.boundsAxis = None     # no bounds: the next ones follow the active view
             elif self.boundsAxis is None and volume is not None \
                     and volume.GetImageData() is not None:
-                self.boundsAxis = geometry.view_slice(volume, self.activeView())[0]   # typed numbers
+                self.boundsAxis = self.viewAxis(volume)   # typed numbers
             if volume is None or volume.GetImageData() is None or self.boundsAxis is None:
                 boundsview.remove_bounds(slicer.mrmlScene)
             else:
@@ -631,8 +648,9 @@ class RadSAMTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_widget_loads()
-        self.setUp()
-        self.test_bounds_follow_the_view_and_are_drawn()
+        if slicer.app.layoutManager() is not None:     # slice views: not with --no-main-window
+            self.setUp()
+            self.test_bounds_follow_the_view_and_are_drawn()
         self.setUp()
         self.test_segment_and_undo()
 

@@ -4,9 +4,12 @@ A plane on the bound's slice shows as a line in every view that crosses it (Slic
 a markups plane's intersection with each slice) and as an outlined rectangle in a view
 parallel to it when that view is on the bound; it is labelled *RadSAM bottom* / *RadSAM
 top*. The planes are display only: locked, not saved with the scene, never read as a
-prompt and never written into a segment.
+prompt and never written into a segment. Adding them leaves the user's active markups
+list (the one the place toolbar and the next click add to) as it was.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from . import geometry
 
@@ -14,15 +17,41 @@ BOTTOM_NAME, TOP_NAME = "RadSAM bottom", "RadSAM top"
 COLOR = (0.2, 0.7, 1.0)
 
 
+def _selection_nodes(scene) -> list:
+    nodes = scene.GetNodesByClass("vtkMRMLSelectionNode")
+    return [nodes.GetItemAsObject(n) for n in range(nodes.GetNumberOfItems())]
+
+
+@contextmanager
+def keep_active_place_node(scene):
+    """Restore the selection node's active place node (ID and class) on exit.
+
+    The Markups module's logic makes every markups node added to the scene the active
+    place node (``vtkSlicerMarkupsLogic::OnMRMLSceneNodeAdded``): without this, drawing a
+    bound would turn the user's next click (a point of their own list, or of RadSAM's
+    while placing) into a stray plane point."""
+    saved = [(node, node.GetActivePlaceNodeID(), node.GetActivePlaceNodeClassName())
+             for node in _selection_nodes(scene)]
+    try:
+        yield
+    finally:
+        for node, node_id, class_name in saved:
+            if node.GetActivePlaceNodeClassName() != class_name:
+                node.SetReferenceActivePlaceNodeClassName(class_name)
+            if node.GetActivePlaceNodeID() != node_id:
+                node.SetReferenceActivePlaceNodeID(node_id)
+
+
 def _plane(scene, name):
     node = scene.GetFirstNode(name, "vtkMRMLMarkupsPlaneNode")
     if node is not None:
         return node
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", name)
-    node.SetSaveWithScene(False)
-    node.SetLocked(True)
-    node.SetSelectable(False)
-    node.CreateDefaultDisplayNodes()
+    with keep_active_place_node(scene):
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", name)
+        node.SetSaveWithScene(False)
+        node.SetLocked(True)
+        node.SetSelectable(False)
+        node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     if display is not None:
         display.SetSelectedColor(*COLOR)

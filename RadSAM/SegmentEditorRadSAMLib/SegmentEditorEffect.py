@@ -19,9 +19,9 @@ BUTTONS = (
     ("pointNegativeButton", "Point -", "Click outside the organ (in Edit mode: a correction that removes)"),
     ("maskButton", "Mask", "Use the segment's current mask on the current slice as the prompt"),
     ("bottomButton", "Bottom", "The organ's bottom slice: the current slice of the slice view last clicked or "
-                               "scrolled in (Shift+End while the RadSAM module is shown)"),
+                               "scrolled in (Shift+L while the RadSAM module is shown)"),
     ("topButton", "Top", "The organ's top slice: the current slice of the slice view last clicked or "
-                         "scrolled in"),
+                         "scrolled in (Shift+U while the RadSAM module is shown)"),
     ("segmentButton", "Segment", "Segment from the prompt, slice by slice to the bottom and the top"),
     ("cancelButton", "Cancel", "Stop after the current slice (Undo takes back what was written)"),
     ("clearPromptsButton", "Clear", "Remove the box, points and bounds"),
@@ -117,6 +117,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def activate(self):
         self.attach()
+
+    def interactionNodeModified(self, interactionNode):
+        """Stay active while a markup is placed. Without this override Slicer deselects the
+        effect as soon as the interaction mode leaves ViewTransform
+        (``qSlicerSegmentEditorAbstractEffect::interactionNodeModified``), so pressing Box or
+        Point would end the placement it has just started (``deactivate`` stops placing).
+        The effect handles no view events itself, so nothing clashes with placing; the
+        module's placing buttons follow the mode and are mirrored here."""
 
     def deactivate(self):
         widget = self.moduleWidget()
