@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -82,3 +83,61 @@ def test_two_process_benchmark_equals_one_process(pack3, tmp_path, model, monkey
     assert cli.main([str(pack3), "--out", str(two)] + args) == 0
     assert json.loads((two / "results.json").read_text())["cases"] == dist["cases"]
     assert not (two / "results.rank1.json").exists()
+
+
+# ``radsam benchmark`` with rank 1 failing at its first case ($RADSAM_TEST_FAIL "raise":
+# an exception; "exit": the process dies without a word, as when killed).
+HOOKS = """
+import os, sys
+from RadSAMBench import protocol
+from RadSAMLib.cli import main
+how = os.environ["RADSAM_TEST_FAIL"]
+if os.environ["RANK"] == "1":
+    def run_case(*a, **k):
+        if how == "exit":
+            os._exit(3)
+        raise ValueError("injected failure on rank 1 in case " + k["case"])
+    protocol.run_case = run_case
+sys.exit(main(["benchmark"] + sys.argv[1:]))
+"""
+
+
+def _two_ranks_one_failing(pack3, tmp_path, how, timeout_min):
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    port = free_port()
+    args = [str(pack3), "--out", str(tmp_path / "out"), "--model", "litemedsam", "--levels", "volume",
+            "--strategies", "box", "--prompts", "box", "--edits", "1", "--no-plots", "--device", "cpu",
+            "--threads", "1", "--dist-timeout", str(timeout_min)]
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "hooks.py")] + args, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "bench")]),
+                                       OMP_NUM_THREADS="1", RADSAM_TEST_FAIL=how, RANK=str(r), LOCAL_RANK=str(r),
+                                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port))) for r in (0, 1)]
+    t0 = time.time()
+    outs = [p.communicate(timeout=600) for p in procs]
+    return procs, outs, time.time() - t0
+
+
+def test_failure_on_one_rank_ends_the_benchmark_on_every_rank(pack3, tmp_path):
+    """Rank 1 raises in its first case: rank 0 (no torchrun agent here to stop it) ends
+    non-zero with rank 1's message instead of waiting at the gather for its share."""
+    procs, outs, seconds = _two_ranks_one_failing(pack3, tmp_path, "raise", 5.0)
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode != 0, err[-3000:]
+    assert "radsam: error: rank 1 failed: ValueError: injected failure on rank 1 in case b" in outs[0][1], \
+        outs[0][1][-3000:]
+    assert "ValueError: injected failure on rank 1 in case b" in outs[1][1]
+    assert seconds < 300
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_silent_rank_ends_the_benchmark_after_the_timeout(pack3, tmp_path):
+    """Rank 1 dies without a word (``os._exit``): rank 0 ends once rank 1 has given no sign
+    of life for ``--dist-timeout`` (0.5 min), not after days."""
+    procs, outs, seconds = _two_ranks_one_failing(pack3, tmp_path, "exit", 0.5)
+    assert procs[1].returncode == 3
+    assert procs[0].returncode != 0
+    assert "rank 1 gave no sign of life for 0.5 min" in outs[0][1], outs[0][1][-3000:]
+    assert seconds < 240
