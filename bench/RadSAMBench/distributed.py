@@ -47,6 +47,8 @@ class Ranks:
     """This process's place among torchrun's ranks, and the results files they share."""
 
     def __init__(self, path: Path, device: str = "auto", fresh: bool = False, timeout_min: float = TIMEOUT_MIN):
+        if not timeout_min > 0:
+            raise RadSAMError(f"--dist-timeout must be a positive number of minutes, not {timeout_min}")
         self.path = Path(path)                       # results.json
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
