@@ -47,6 +47,37 @@ def _grad_worker(rank, port, pe, md, batches, out):
     tdist.destroy_process_group()
 
 
+def _sync_worker(rank, port, out):
+    import torch.distributed as tdist
+
+    from training import distributed as dist
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    got = {"sum": dist.sync(values=[rank + 1, 10 * rank]),
+           "main": dist.from_main({"w": torch.full((2,), float(rank))})["w"].tolist(),
+           "all": dist.gather(f"r{rank}")}
+    try:
+        if rank == 1:
+            try:
+                raise ValueError("boom")
+            except ValueError as e:
+                dist.fail(e)
+        dist.sync(values=[1.0])         # rank 0 waits here, as at a training step
+    except dist.RankFailed as e:
+        got["failed"] = str(e)
+    (out / f"sync{rank}.json").write_text(json.dumps(got))
+
+
+def test_sync_sums_and_carries_a_failure_to_every_rank(tmp_path):
+    """The ranks' meeting point: values summed, rank 0's state on every rank; a rank that
+    fails meets the other at the sync it waits in, and both raise with its message."""
+    import torch.multiprocessing as mp
+    mp.spawn(_sync_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"sync{r}.json").read_text()) for r in (0, 1)]
+    for g in got:
+        assert g["sum"] == [3.0, 10.0] and g["main"] == [0.0, 0.0] and g["all"] == ["r0", "r1"]
+        assert g["failed"] == f"rank 1 failed: ValueError: boom (on {socket.gethostname()})"
+
+
 def test_averaged_gradients_equal_one_process_on_the_union(model, smoke_data, tmp_path):  # noqa: F811
     """Rank 0 draws a mask batch, rank 1 a box batch (so the mask-prompt encoder has a
     gradient on one rank only); the averaged gradient equals one process's gradient of the
