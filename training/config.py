@@ -58,6 +58,9 @@ class Config:
     embed_cache: str = ""           # folder for cached embeddings (CPU path); "" = memory only
     val_every: int = 500
     save_every: int = 500
+    keep_checkpoints: int = 3       # numbered checkpoints kept (ckpt-STEP.pt; last.pt = the newest)
+    dist_timeout_min: float = 30.0  # torchrun: the longest a rank waits for another (validation,
+                                    # the cache fill) before a silent rank ends the run
     val_strategies: list = field(default_factory=lambda: ["mask", "mask+box"])
     default_strategy: str = "mask+box"
     export_from: str = "best"       # "best" validated weights (may be the base itself) or "last"

@@ -21,31 +21,36 @@ def delta_tensors(model, parts) -> dict:
 
 
 def export_delta(model, parts, path, record: dict) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if "base_model" not in record:
         raise ValueError("the metadata record must name its base_model")
     record = {"base_sha256": model.info.sha256, **record}
-    tensors = delta_tensors(model, parts)
-    save_file(tensors, str(path), metadata={"radsam": json.dumps(record)})
-    path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    write_delta(path, delta_tensors(model, parts), record)
     return path
+
+
+def write_delta(path: Path, tensors: dict, record: dict) -> None:
+    """The safetensors file and its ``.json`` record, each by an atomic rename: a run
+    killed while exporting leaves the previous delta, never a truncated one."""
+    from safetensors.torch import save_file
+
+    from RadSAMLib.files import atomic_write
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"radsam": json.dumps(record)}),
+                 suffix=".safetensors")
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"),
+                 suffix=".json")
 
 
 def restamp(path, **extra) -> dict:
     """Add keys to a delta's metadata record (e.g. the benchmark results measured after
     training), rewriting the file with the same tensors; returns the new record."""
-    from safetensors.torch import save_file
-
     from RadSAMLib.models.registry import read_delta
 
     path = Path(path)
     tensors, record = read_delta(path)
     record.update(extra)
-    save_file(tensors, str(path), metadata={"radsam": json.dumps(record)})
-    path.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    write_delta(path, tensors, record)
     return record
 
 

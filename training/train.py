@@ -4,9 +4,12 @@ Trains ``cfg.train_parts`` with Adam at a constant learning rate: by default the
 encoder + mask decoder on cached embeddings of the frozen image encoder; with
 ``image_encoder`` in the parts, full fine-tuning (every batch through the encoder; bf16
 autocast on a GPU with ``amp``). Writes to ``cfg.out_dir``:
-``last.pt`` (model parts, optimizer, step, config; resumed automatically), ``log.csv``
-(one row per step), ``val.csv`` (periodic volume-level validation), ``best.pt`` and the
+``ckpt-STEP.pt`` (model parts, optimizer, step, config; the last ``keep_checkpoints``;
+``last.pt`` is the newest; a run resumes from the newest readable one), ``log.csv`` (one
+row per step), ``val.csv`` (periodic volume-level validation), ``best.pt`` and the
 exported delta ``radsam_litemedsam.safetensors`` (+ ``.json``) of the best validation.
+Every file is written to a temporary name and renamed: a run killed mid-write leaves the
+previous file, never a truncated one.
 """
 from __future__ import annotations
 
@@ -14,11 +17,16 @@ import argparse
 import csv
 import json
 import os
+import shutil
+import socket
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from RadSAMLib.files import atomic_write
 
 from . import distributed as dist
 from .config import Config
@@ -44,6 +52,35 @@ def trainable(model, parts):
 
 def _trained_state(model, parts):
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[0] in parts}
+
+
+CHECKPOINT = "ckpt-{:07d}.pt"
+# Keys a rank may set for itself (its own disk, GPU, loader); any other key must agree.
+LOCAL_KEYS = ("out_dir", "embed_cache", "workers", "device", "dist_timeout_min")
+
+
+def _checkpoint_step(path: Path):
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def checkpoints(out) -> list:
+    """A run folder's checkpoints to resume from, newest first: the numbered ones, or
+    ``last.pt`` alone in a folder from before numbered checkpoints."""
+    out = Path(out)
+    nums = sorted((p for p in out.glob("ckpt-*.pt") if _checkpoint_step(p) is not None),
+                  key=_checkpoint_step, reverse=True)
+    return nums or [p for p in [out / "last.pt"] if p.is_file()]
+
+
+def _link_or_copy(src: Path, tmp: str) -> None:
+    os.unlink(tmp)
+    try:
+        os.link(src, tmp)       # last.pt costs no space where the file system has hard links
+    except OSError:
+        shutil.copyfile(src, tmp)
 
 
 def with_grow(spec: str, grow: float) -> str:
@@ -87,6 +124,8 @@ def check_config(cfg: Config) -> None:
         raise ValueError("prompt kind 'random_box' needs distill_weight > 0 (it has no label to learn)")
     if cfg.click_rounds < 0 or not 0 <= cfg.click_prob <= 1 or not 0 <= cfg.click_deepest_prob <= 1:
         raise ValueError("click_rounds must be >= 0, click_prob and click_deepest_prob in [0, 1]")
+    if cfg.keep_checkpoints < 1 or not cfg.dist_timeout_min > 0:
+        raise ValueError("keep_checkpoints must be >= 1 and dist_timeout_min > 0")
 
 
 def train_mode(model) -> None:
@@ -131,6 +170,7 @@ class Trainer:
                      if cfg.l2sp else {})
         self.opt = torch.optim.Adam(params, lr=cfg.lr)
         self.step, self.best, self.first = 0, -1.0, None
+        self.stop_requested = False     # a rank reached max_minutes (they agree at each step)
         self._resume()
         self.click_rng = np.random.default_rng([dist.rank_seed(cfg.seed), self.step, 7])
 
@@ -153,20 +193,94 @@ class Trainer:
         self.index = SampleIndex(self.shards, cfg.shard_weights)
         self.log(f"samples: {len(self.index.rows)} (slice, object) pairs, {len(self.index.classes)} object classes")
 
+    def _load_newest(self):
+        """The newest readable checkpoint of ``out_dir``: (path, state) or (None, None)."""
+        for path in checkpoints(self.out):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                step, best = int(state["step"]), float(state["best"])
+                model, optimizer = state["model"], state["optimizer"]
+            except Exception as e:  # noqa: BLE001 (truncated, foreign, ...: any unreadable file)
+                self.log(f"warning: checkpoint {path} is unreadable ({str(e).splitlines()[0][:200]}); "
+                         "trying the one before it")
+                continue
+            return path, {"model": model, "optimizer": optimizer, "step": step, "best": best}
+        return None, None
+
     def _resume(self):
-        ck = self.out / "last.pt"
-        if ck.is_file():
-            state = torch.load(ck, map_location=self.dev, weights_only=True)
-            self.model.load_state_dict(state["model"], strict=False)
-            self.opt.load_state_dict(state["optimizer"])
-            self.step, self.best = int(state["step"]), float(state["best"])
-            self.log(f"resumed from {ck} at step {self.step}")
+        """Rank 0 resumes from its newest readable checkpoint, and every rank takes rank 0's
+        trained parts, optimizer state and step: the ranks cannot start apart, even when each
+        one's ``out_dir`` is on its own disk (only rank 0's is read and written)."""
+        newest = checkpoints(self.out)
+        local = {k: v for k, v in self.cfg.to_dict().items() if k not in LOCAL_KEYS}
+        seen = dist.gather({"host": socket.gethostname(), "out_dir": str(self.out.resolve()),
+                            "newest": newest[0].name if newest else None,
+                            "base": self.model.info.sha256, "config": local})
+        self._check_agreement(seen)
+        path, state = self._load_newest() if dist.is_main() else (None, None)
+        if path is not None:
+            self._load_state(state)
+            self.log(f"resumed from {path} at step {self.step}")
+        elif dist.is_main() and newest:
+            self.log(f"warning: no readable checkpoint in {self.out}: starting at step 0")
+        if dist.world() > 1:
+            # Another newest checkpoint than rank 0's: that rank's out_dir is another folder
+            # (a node-local disk), which nothing reads: say so, the run goes on from rank 0's.
+            other = [r for r, s in enumerate(seen) if s["newest"] != seen[0]["newest"]]
+            if other:
+                s = seen[other[0]]
+                who = (f"rank {other[0]} ({s['host']}: {s['out_dir']})" if len(other) == 1 else
+                       f"ranks {', '.join(map(str, other))} (rank {other[0]}: {s['host']}: {s['out_dir']})")
+                self.log(f"warning: {who} "
+                         + (f"found checkpoint {s['newest']}" if s["newest"] else "found no checkpoint")
+                         + f" where rank 0 ({seen[0]['host']}: {seen[0]['out_dir']}) found "
+                         + (seen[0]["newest"] or "none")
+                         + f": every rank continues from rank 0's state (step {self.step}); only rank 0's "
+                           "out_dir is read and written (docs/scaling_out.md)")
+            state = dist.from_main({"model": _trained_state(self.model, self.cfg.train_parts),
+                                    "optimizer": self.opt.state_dict(), "step": self.step, "best": self.best}
+                                   if dist.is_main() else None)
+            if not dist.is_main():
+                self._load_state(state)
+
+    def _load_state(self, state):
+        self.model.load_state_dict(state["model"], strict=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+
+    @staticmethod
+    def _check_agreement(seen):
+        """Refuse ranks that run another configuration or base model than rank 0."""
+        for r, s in enumerate(seen[1:], 1):
+            keys = sorted(k for k in set(s["config"]) | set(seen[0]["config"])
+                          if s["config"].get(k) != seen[0]["config"].get(k))
+            if keys:
+                raise ValueError(f"rank {r} ({s['host']}) runs another configuration than rank 0 "
+                                 f"({seen[0]['host']}): " + ", ".join(
+                                     f"{k}={s['config'].get(k)!r} vs {seen[0]['config'].get(k)!r}" for k in keys)
+                                 + "; run the same command and config on every node")
+            if s["base"] != seen[0]["base"]:
+                raise ValueError(f"rank {r} ({s['host']}) loaded other base weights than rank 0 "
+                                 f"({seen[0]['host']}): sha256 {s['base'][:12]} vs {seen[0]['base'][:12]}")
 
     def save(self, path):
+        """Write a checkpoint to ``path`` by an atomic rename (rank 0 only)."""
         if not dist.is_main():
             return
-        torch.save({"model": _trained_state(self.model, self.cfg.train_parts), "optimizer": self.opt.state_dict(),
-                    "step": self.step, "best": self.best, "config": json.dumps(self.cfg.to_dict())}, path)
+        state = {"model": _trained_state(self.model, self.cfg.train_parts), "optimizer": self.opt.state_dict(),
+                 "step": self.step, "best": self.best, "config": json.dumps(self.cfg.to_dict())}
+        atomic_write(path, lambda tmp: torch.save(state, tmp), suffix=".pt")
+
+    def save_checkpoint(self):
+        """``ckpt-STEP.pt``, ``last.pt`` = it, and only the last ``keep_checkpoints`` kept."""
+        if not dist.is_main():
+            return
+        path = self.out / CHECKPOINT.format(self.step)
+        self.save(path)
+        atomic_write(self.out / "last.pt", lambda tmp: _link_or_copy(path, tmp), suffix=".pt")
+        for old in checkpoints(self.out)[self.cfg.keep_checkpoints:]:
+            if old.name != "last.pt":
+                old.unlink(missing_ok=True)
 
     def validate(self):
         """Volume-level Dice of every validation strategy; keeps ``best.pt``."""
@@ -226,10 +340,16 @@ class Trainer:
                                          for n, p in model.named_parameters() if n in self.base)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        # One sync per step: whether a rank failed or reached max_minutes, and the ranks'
+        # summed losses (what is logged is their mean, as one process on the union would).
+        over = bool(cfg.max_minutes) and time.time() - self.t0 > 60 * cfg.max_minutes
+        tot = dist.sync(values=[over, loss.item(), parts["primary"], parts["alt"], parts["iou_mse"]])
         dist.average_gradients(self.params)
         self.opt.step()
         self.step += 1
-        return loss.item(), parts
+        self.stop_requested = tot[0] > 0
+        n = dist.world()
+        return tot[1] / n, {"primary": tot[2] / n, "alt": tot[3] / n, "iou_mse": tot[4] / n}
 
     def fit(self) -> list:
         """Steps until ``cfg.steps`` or ``max_minutes``; validates and checkpoints on schedule."""
@@ -251,13 +371,13 @@ class Trainer:
                        disable=not dist.is_main())
             it, tick, stop = iter(loader), time.time(), cfg.steps
             while self.step < stop:
-                if cfg.max_minutes and dist.any_rank(time.time() - self.t0 > 60 * cfg.max_minutes) and self.step < stop:
-                    self.log(f"time limit of {cfg.max_minutes} min reached at step {self.step}")
-                    stop = self.step + 1  # one more step, then the final validation + save
                 b = next(it)
                 loss, parts = self.train_step(b)
+                if self.stop_requested and self.step < stop:
+                    self.log(f"time limit of {cfg.max_minutes} min reached at step {self.step}")
+                    stop = self.step  # then the final validation + save
                 now = time.time()
-                sps, tick = cfg.batch_size / max(now - tick, 1e-9), now
+                sps, tick = dist.world() * cfg.batch_size / max(now - tick, 1e-9), now
                 losses.append(loss)
                 logw.writerow([self.step, b["kind"], f"{loss:.5f}", f"{parts['primary']:.5f}", f"{parts['alt']:.5f}",
                                f"{parts['iou_mse']:.5f}", f"{sps:.1f}", f"{now - self.t0:.1f}", b.get("rounds", 0)])
@@ -267,7 +387,7 @@ class Trainer:
                     logf.flush()
                     self.validate()
                 if self.step % cfg.save_every == 0 or self.step == stop:
-                    self.save(self.out / "last.pt")
+                    self.save_checkpoint()
             bar.close()
         return losses
 
@@ -293,13 +413,19 @@ class Trainer:
 
 
 def run(cfg: Config, log=print, store: EmbeddingStore | None = None) -> dict:
-    """Train, validate, export; ``store`` may hold embeddings computed elsewhere."""
-    tr = Trainer(cfg, log, store)
-    losses = tr.fit()
-    if not dist.is_main():
-        return {"losses": losses, "best": tr.best, "first": tr.first, "export": None, "step": tr.step}
-    path = tr.export()
-    return {"losses": losses, "best": tr.best, "first": tr.first, "export": str(path), "step": tr.step}
+    """Train, validate, export; ``store`` may hold embeddings computed elsewhere.
+
+    Under torchrun an exception on any rank ends every rank with
+    :class:`distributed.RankFailed` (its message), and no rank returns before rank 0 has
+    exported."""
+    try:
+        tr = Trainer(cfg, log, store)
+        losses = tr.fit()
+        path = tr.export() if dist.is_main() else None
+        dist.sync()
+    except Exception as e:  # noqa: BLE001 (any failure must reach the other ranks)
+        dist.fail(e)
+    return {"losses": losses, "best": tr.best, "first": tr.first, "export": path and str(path), "step": tr.step}
 
 
 def main(argv=None):
@@ -316,7 +442,16 @@ def main(argv=None):
             over[k] = v
     cfg = Config.load(a.config, **over)
     dist.setup(cfg)
-    run(cfg, log=print if dist.is_main() else lambda *a: None)
+    try:
+        run(cfg, log=print if dist.is_main() else lambda *a: None)
+    except dist.RankFailed as e:
+        # Every rank says why the run stopped (each node's log shows the cause); the
+        # failing rank's own traceback first.
+        if e.__cause__ is not None:
+            import traceback
+            traceback.print_exception(type(e.__cause__), e.__cause__, e.__cause__.__traceback__)
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     dist.teardown()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from test_distributed_training import free_port
+from test_distributed_training import free_port, run_ranks
 
 TIMING = {"decode_s", "seconds", "timing", "wall_s", "finished"}
 
@@ -82,3 +82,52 @@ def test_two_process_benchmark_equals_one_process(pack3, tmp_path, model, monkey
     assert cli.main([str(pack3), "--out", str(two)] + args) == 0
     assert json.loads((two / "results.json").read_text())["cases"] == dist["cases"]
     assert not (two / "results.rank1.json").exists()
+
+
+# ``radsam benchmark`` with rank 1 failing at its first case ($RADSAM_TEST_FAIL "raise":
+# an exception; "exit": the process dies without a word, as when killed).
+HOOKS = """
+import os, sys
+from RadSAMBench import protocol
+from RadSAMLib.cli import main
+how = os.environ["RADSAM_TEST_FAIL"]
+if os.environ["RANK"] == "1":
+    def run_case(*a, **k):
+        if how == "exit":
+            os._exit(3)
+        raise ValueError("injected failure on rank 1 in case " + k["case"])
+    protocol.run_case = run_case
+sys.exit(main(["benchmark"] + sys.argv[1:]))
+"""
+
+
+def _two_ranks_one_failing(pack3, tmp_path, how, timeout_min):
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    args = [str(pack3), "--out", str(tmp_path / "out"), "--model", "litemedsam", "--levels", "volume",
+            "--strategies", "box", "--prompts", "box", "--edits", "1", "--no-plots", "--device", "cpu",
+            "--threads", "1", "--dist-timeout", str(timeout_min)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "bench")]), OMP_NUM_THREADS="1",
+               RADSAM_TEST_FAIL=how)
+    return run_ranks([sys.executable, str(tmp_path / "hooks.py")] + args, env, tmp_path)
+
+
+def test_failure_on_one_rank_ends_the_benchmark_on_every_rank(pack3, tmp_path):
+    """Rank 1 raises in its first case: rank 0 (no torchrun agent here to stop it) ends
+    non-zero with rank 1's message instead of waiting at the gather for its share."""
+    (rc0, err0, end0), (rc1, err1, end1) = _two_ranks_one_failing(pack3, tmp_path, "raise", 5.0)
+    assert rc0 not in (0, None) and rc1 not in (0, None), err0[-3000:] + err1[-3000:]
+    assert "radsam: error: rank 1 failed: ValueError: injected failure on rank 1 in case b" in err0, err0[-3000:]
+    assert "ValueError: injected failure on rank 1 in case b" in err1
+    assert end0 - end1 < 120, (end0, end1)
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_silent_rank_ends_the_benchmark_after_the_timeout(pack3, tmp_path):
+    """Rank 1 dies without a word (``os._exit``): rank 0 ends once rank 1 has given no sign
+    of life for ``--dist-timeout`` (0.5 min), not after days."""
+    (rc0, err0, end0), (rc1, err1, end1) = _two_ranks_one_failing(pack3, tmp_path, "exit", 0.5)
+    assert rc1 == 3
+    assert rc0 not in (0, None)
+    assert "rank 1 gave no sign of life for 0.5 min" in err0, err0[-3000:]
+    assert end0 - end1 < 120, (end0, end1)

@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulated user (default 0)")
     p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
     p.add_argument("--fresh", action="store_true", help="discard an existing results.json in --out")
+    p.add_argument("--dist-timeout", type=float, default=30.0, metavar="MIN",
+                   help="under torchrun: minutes before a silent rank (killed, a lost node) ends every rank "
+                        "(default 30; docs/scaling_out.md)")
     p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     p.add_argument("--pack", metavar="DST", default=None,
                    help="instead of benchmarking, write the selected cases/labels as an npz pack to DST")
@@ -167,12 +170,15 @@ def run(args) -> int:
         if results["cases"]:
             print(f"resuming: {len(results['cases'])} finished case run(s) in {path}", file=sys.stderr)
 
-    ranks = Ranks(path, args.device, args.fresh)   # under torchrun: this rank's share (distributed.py)
+    ranks = Ranks(path, args.device, args.fresh, args.dist_timeout)   # under torchrun: this rank's share
     ranks.resume(results, _same_config)
     todo = ranks.share([(c, m) for c in cases for m in models
                         if results["cases"].get(f"{m[0]}|{c.name}", {}).get("partial", True)])
-    if todo:
-        _run_todo(todo, objects, settings, protocol, args, results, ranks.own_path)
+    try:
+        if todo:
+            _run_todo(todo, objects, settings, protocol, args, results, ranks.own_path, ranks.check)
+    except Exception as e:  # noqa: BLE001 (any failure must reach the other ranks)
+        ranks.fail(e)
     if not ranks.gather(results, _write_json):
         return 0
     recs = [r for c in results["cases"].values() for r in c["records"] if "skipped" not in r]
@@ -186,7 +192,7 @@ def run(args) -> int:
     return 0
 
 
-def _run_todo(todo, objects, settings, protocol, args, results, path):
+def _run_todo(todo, objects, settings, protocol, args, results, path, check=lambda: None):
     from tqdm import tqdm
 
     from RadSAMLib.accel.cache import weights_sha256
@@ -226,6 +232,7 @@ def _run_todo(todo, objects, settings, protocol, args, results, path):
         def save(recs, entry=entry):
             entry["records"].extend(recs)
             _write_json(path, results)
+            check()         # another rank failed: stop here too (distributed.py)
         timing = {}
         t0 = time.time()
         run_case(engine, image, lab, objects, settings, seed=args.seed, protocol=protocol,

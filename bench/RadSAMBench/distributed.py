@@ -13,6 +13,13 @@ While running, rank r > 0 saves its progress to ``results.rank<r>.json`` beside
 again, with any number of ranks or none, merges those files first, so finished cases
 are skipped as in one process. The final gather removes them.
 
+A failure on one rank ends every rank: the failing rank posts its message in the
+process group's key-value store (:meth:`Ranks.fail`), every rank looks there after each
+object (:meth:`Ranks.check`), and each exits non-zero with that message. A rank done
+with its share waits for the others there too, not in a collective: a share may take
+hours, while a rank that died without a word (killed, a lost node) stops beating and
+ends the wait after ``timeout_min`` (``--dist-timeout``), the collective timeout too.
+
 ``gloo`` on CPUs, ``nccl`` on GPUs (each rank on GPU ``LOCAL_RANK``). Without torchrun
 (``WORLD_SIZE`` unset) nothing here starts a process group.
 """
@@ -21,21 +28,32 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
-# Rank 0 waits in the final gather for the slowest rank: a share of a large benchmark can
-# take hours, far past torch's default collective timeout.
-TIMEOUT = datetime.timedelta(hours=72)
+from RadSAMLib.errors import RadSAMError
+
+TIMEOUT_MIN = 30.0
+BEAT_S = 10.0           # a rank's sign of life, from a thread (its work may hold a case for long)
+
+
+class RankFailed(RadSAMError):
+    """Another rank failed: its message (every rank exits with it)."""
 
 
 class Ranks:
     """This process's place among torchrun's ranks, and the results files they share."""
 
-    def __init__(self, path: Path, device: str = "auto", fresh: bool = False):
+    def __init__(self, path: Path, device: str = "auto", fresh: bool = False, timeout_min: float = TIMEOUT_MIN):
+        if not timeout_min > 0:
+            raise RadSAMError(f"--dist-timeout must be a positive number of minutes, not {timeout_min}")
         self.path = Path(path)                       # results.json
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.dist, self.fresh = None, fresh
+        self.dist, self.fresh, self.timeout_s = None, fresh, 60.0 * timeout_min
+        self.store = None
         if self.world > 1:
             import torch
             import torch.distributed as dist
@@ -45,8 +63,11 @@ class Ranks:
             else:
                 share_cores()
             if not dist.is_initialized():
-                dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+                dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=self.timeout_s))
             self.dist = dist
+            # The process group's own store (torchrun's rendezvous store): no extra port.
+            self.store = dist.distributed_c10d._get_default_store()
+            threading.Thread(target=self._beat, daemon=True).start()
         if fresh and self.rank == 0:
             self._remove_partials()
 
@@ -87,10 +108,59 @@ class Ranks:
         mine = set(names[self.rank::self.world])
         return [t for t in todo if t[0].name in mine]
 
+    def _beat(self):
+        key = f"radsam/beat/{self.rank}"
+        try:
+            while True:
+                self.store.add(key, 1)
+                time.sleep(BEAT_S)
+        except Exception:  # noqa: BLE001 (the store is gone: the run is over)
+            return
+
+    def fail(self, error: BaseException):
+        """Post this rank's failure for the others, then re-raise it."""
+        if self.store is not None and not isinstance(error, RankFailed):
+            try:
+                self.store.set(f"radsam/error/{self.rank}", f"{type(error).__name__}: {error} "
+                                                            f"(on {socket.gethostname()})")
+                self.store.add("radsam/failed", 1)
+            except Exception:  # noqa: BLE001 (the store is gone: the others learn it from that)
+                pass
+        raise error
+
+    def check(self) -> None:
+        """Raise :class:`RankFailed` with the message of any rank that failed."""
+        if self.store is None or self.store.add("radsam/failed", 0) == 0:
+            return
+        keys = [f"radsam/error/{r}" for r in range(self.world)]
+        msgs = [(r, self.store.get(k).decode()) for r, k in enumerate(keys) if self.store.check([k])]
+        raise RankFailed("; ".join(f"rank {r} failed: {m}" for r, m in msgs))
+
+    def _wait_for_all(self):
+        """Until every rank has finished its share (or one failed, or one went silent for
+        the timeout)."""
+        self.store.set(f"radsam/done/{self.rank}", "1")
+        done = [f"radsam/done/{r}" for r in range(self.world)]
+        beats, heard = {}, {}
+        while True:
+            self.check()
+            if self.store.check(done):
+                return
+            now = time.monotonic()
+            for r in range(self.world):
+                b = self.store.add(f"radsam/beat/{r}", 0)
+                if beats.get(r) != b:
+                    beats[r], heard[r] = b, now
+                elif now - heard[r] > self.timeout_s and not self.store.check([done[r]]):
+                    raise RankFailed(f"rank {r} gave no sign of life for {self.timeout_s / 60:g} min "
+                                     "(killed, or its node lost?): stopping every rank")
+            time.sleep(min(2.0, BEAT_S / 2))
+
     def gather(self, results: dict, write) -> bool:
         """Rank 0 collects every rank's cases into ``results``, in a one-process run's order,
         and writes it with ``write(path, results)``; True on rank 0, False elsewhere."""
         if self.dist is not None:
+            self._wait_for_all()
             parts = [None] * self.world
             self.dist.all_gather_object(parts, results["cases"])
             self.dist.destroy_process_group()     # the last collective
