@@ -233,3 +233,53 @@ def test_slicer_install_runs_the_onnx_runtime_paths(tmp_path):
         (written,) = (tmp_path / "cache").glob(f"*-{part}-*.onnx")
         export(default, part, tmp_path / f"{part}.onnx")
         assert (tmp_path / f"{part}.onnx").read_bytes() == written.read_bytes(), part
+
+
+@pytest.mark.slow
+def test_onnx_runtime_on_python_3_9_runs_the_graph_exported_without_onnx(tmp_path, model):
+    """Slicer 5.6/5.8: Python 3.9 and a numpy 1.x, where pip picks an older onnxruntime.
+    Installed --no-deps there, it loads and runs the decoder graph written without onnx.
+    (torch is not installed on 3.9 here: the export itself runs on this Python.)"""
+    import glob
+    import shutil
+
+    import numpy as np
+    pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which("python3.9"), *sorted(glob.glob(os.path.join(pyenv, "versions", "3.9*", "bin", "python3.9")))]
+    python39 = next((c for c in candidates if c and subprocess.run(
+        [c, "-c", "import sys; assert sys.version_info[:2] == (3, 9)"], capture_output=True).returncode == 0), None)
+    if python39 is None:
+        pytest.skip("no Python 3.9 here")
+    graph = tmp_path / "decoder.onnx"
+    code = BLOCK.format(mods=ABSENT_IN_SLICER) + (
+        "import sys\nfrom pathlib import Path\nfrom RadSAMLib.accel.graphs import export\n"
+        "from RadSAMLib.models import load_model\nexport(load_model('litemedsam', device='cpu'), 'decoder', "
+        "Path(sys.argv[1]))\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code, str(graph)], capture_output=True, text=True, env=_child_env(),
+                       timeout=600)
+    assert r.returncode == 0 and graph.is_file(), r.stderr[-3000:]
+    venv = tmp_path / "py39"
+    subprocess.run([python39, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    for args in (["numpy<2"], [*dependencies.pip_arguments("onnxruntime>=1.17", (3, 9)).split()]):
+        r = subprocess.run([str(py), "-m", "pip", "install", "-q", *args], capture_output=True, text=True,
+                           env=_child_env(), timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    emb = np.random.default_rng(0).standard_normal((1, 256, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    run = ("import sys, numpy as np, onnxruntime as ort\n"
+           "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+           "e = np.load(sys.argv[2])\n"
+           "logits, scores = s.run(None, {'embedding': e, 'sparse': np.zeros((1, 2, 256), np.float32), "
+           "'dense': np.zeros((1, 256, 64, 64), np.float32)})\n"
+           "np.save(sys.argv[3], logits)\nprint(sys.version_info[:2], ort.__version__)")
+    r = subprocess.run([str(py), "-c", run, str(graph), str(tmp_path / "emb.npy"), str(tmp_path / "out.npy")],
+                       capture_output=True, text=True, env=_child_env(), timeout=300)
+    assert r.returncode == 0 and "(3, 9)" in r.stdout, r.stdout + r.stderr[-2000:]
+    import torch
+    from RadSAMLib.accel.graphs import DecoderGraph
+    with torch.no_grad():
+        ref = DecoderGraph(model).eval()(torch.from_numpy(emb), torch.zeros(1, 2, 256), torch.zeros(1, 256, 64, 64))[0]
+    got = np.load(tmp_path / "out.npy")
+    assert got.shape == (1, 4, 256, 256)
+    assert float(np.abs(got - ref.numpy()).max()) < 1e-3 * max(1.0, float(ref.abs().max()))
