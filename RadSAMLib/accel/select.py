@@ -53,9 +53,10 @@ def available_encoders(model, device=None) -> list[str]:
     if dev.type != "cpu":
         return ["torch"]
     out = ["torch"]  # (CPU bf16 autocast: no faster than ONNX Runtime fp32 here, and less exact)
-    if have("onnxruntime") and have("onnx"):
+    # The graphs are exported by torch alone (graphs.py): the ``onnx`` package is not needed.
+    if have("onnxruntime"):
         out.append("onnx")
-    if have("openvino") and have("onnx"):
+    if have("openvino"):
         out.append("openvino")
     return out
 
@@ -64,7 +65,7 @@ def available_decoders(model, device=None) -> list[str]:
     dev = _device(model, device)
     if dev.type == "cuda":
         return ["eager", "torch", "cuda-graph", "cuda-graph-fp16"]
-    if dev.type == "cpu" and have("onnxruntime") and have("onnx"):
+    if dev.type == "cpu" and have("onnxruntime"):
         return ["eager", "torch", "onnx"]
     return ["eager", "torch"]
 

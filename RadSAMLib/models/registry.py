@@ -116,11 +116,9 @@ def _build_litemedsam(path=None) -> SamFamilyModel:
 def _build_sam(kind: str, path) -> SamFamilyModel:
     if not path:
         raise CheckpointError(f"model {kind} needs a checkpoint file: pass --checkpoint PATH (e.g. sam_vit_b_01ec64.pth)")
-    try:
-        from segment_anything import sam_model_registry
-    except ImportError as e:
-        raise CheckpointError("SAM models need the 'segment-anything' package: pip install segment-anything") from e
-    sam = sam_model_registry[kind.replace("sam_", "")](checkpoint=None)
+    from .sam_import import sam_model_registry
+
+    sam = sam_model_registry()[kind.replace("sam_", "")](checkpoint=None)
     _load_state(sam, _torch_state(path), path)
     info = ModelInfo(kind, 1024, str(path), _cached_sha(path), mask_prompt_trained=False,
                      default_strategy=entry(kind).default_strategy)

@@ -113,12 +113,11 @@ def pick_task(ct, label, label_value: int, n: int):
 def random_sam(kind: str, device):
     """SAM ViT model with random weights (no checkpoint download: speed does not depend
     on the weights' values)."""
-    from segment_anything import sam_model_registry
-
     from RadSAMLib.models.base import ModelInfo, SamFamilyModel
     from RadSAMLib.models.registry import _SAM_MEAN, _SAM_STD
+    from RadSAMLib.models.sam_import import sam_model_registry
     torch.manual_seed(0)
-    sam = sam_model_registry[kind.replace("sam_", "")](checkpoint=None)
+    sam = sam_model_registry()[kind.replace("sam_", "")](checkpoint=None)
     info = ModelInfo(kind, 1024, "random", "random", mask_prompt_trained=False, default_strategy="box")
     return SamFamilyModel(sam.image_encoder, sam.prompt_encoder, sam.mask_decoder, info, _SAM_MEAN, _SAM_STD).eval().to(device)
 
