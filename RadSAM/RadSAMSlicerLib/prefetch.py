@@ -46,6 +46,10 @@ class LookAhead:
         if volume_node is None or volume_node.GetImageData() is None or window in (None, "auto"):
             return self.stop(logic)
         if not isinstance(window, Window):
+            if not geometry.looks_like_hu(volume_node):
+                # Not in HU (an MR): a prompt gets its region's window (RadSAMLogic.window_for),
+                # which is not known before the prompt.
+                return self.stop(logic)
             window = Window.preset(window)
         logic.set_model(spec)
         # A view beyond the volume's end looks at its last slice.

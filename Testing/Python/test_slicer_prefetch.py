@@ -36,7 +36,9 @@ def volume_node(scene, name="ct"):
     img = vtk.vtkImageData()
     img.SetDimensions(SHAPE[2], SHAPE[1], SHAPE[0])
     img.AllocateScalars(vtk.VTK_SHORT, 1)
-    numpy_support.vtk_to_numpy(img.GetPointData().GetScalars())[:] = 40
+    voxels = numpy_support.vtk_to_numpy(img.GetPointData().GetScalars())
+    voxels[:] = 40
+    voxels[:SHAPE[2]] = -1000        # air along one edge: a CT in HU (RadSAMLogic.window_for)
     vol.SetAndObserveImageData(img)
     return vol
 
@@ -121,3 +123,16 @@ def test_an_engine_made_for_other_settings_is_never_replaced(logic):
     time.sleep(0.3)
     ahead.follow(logic, vol, 0, 15, spec, "lung")
     assert list(logic._engines.values()) == [first] and ahead.status(logic) == ""
+
+
+def test_a_volume_not_in_hounsfield_units_is_not_encoded_ahead(logic):
+    """An MR gets its prompt region's window (RadSAMLogic.window_for): a preset encoded
+    ahead would never be used."""
+    vol = volume_node(logic.scene, "mr")
+    arr = numpy_support.vtk_to_numpy(vol.GetImageData().GetPointData().GetScalars())
+    arr[:] = 300
+    vol.GetImageData().Modified()
+    ahead = LookAhead()
+    ahead.follow(logic, vol, 0, 15, ModelSpec("litemedsam", device="cpu"), "soft-tissue")
+    time.sleep(0.3)
+    assert ahead.key is None and logic._engines == {} and ahead.status(logic) == ""
