@@ -39,7 +39,8 @@ import numpy as np
 
 from RadSAMLib.preprocess import Window
 
-# The 9 organs the abdominal example is evaluated on (TotalSegmentator values): never trained on.
+# The 9 organs the abdominal example was evaluated on until issue 20 (TotalSegmentator values):
+# --exclude's default, so earlier runs reproduce; issue 20 trains on them (--exclude "").
 ABDOMEN_EVAL_LABELS = (1, 2, 3, 4, 5, 6, 7, 52, 63)
 BODY_HU = -300.0          # a voxel above this is tissue, not air
 BODY_MIN_FRACTION = 0.01  # a slice with less tissue than this is "empty CT" (OpenKBP quirk)
