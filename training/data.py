@@ -87,20 +87,28 @@ class EmbeddingStore:
     def __contains__(self, name):
         return name in self.emb
 
+    @staticmethod
+    def cache_folder(model, cache_dir) -> Path:
+        """Where ``model``'s embeddings are cached under ``cache_dir``: filed under the
+        encoder's weights, so a fully fine-tuned encoder's can never be mistaken for the base's."""
+        from RadSAMLib.accel.cache import weights_sha256
+        return Path(cache_dir) / weights_sha256(model.image_encoder)[:16]
+
+    @staticmethod
+    def cache_file(folder, shard_name: str) -> Path:
+        return Path(folder) / f"{shard_name}.emb.pt"
+
     @torch.no_grad()
     def build(self, model, shards, cache_dir: str = "", batch: int = 32, progress=None, encode=None) -> "EmbeddingStore":
         """Embeddings of every slice of ``shards`` by ``encode`` (default: the engine's
         fastest path equal to eager fp32, built once per model object: pass
         ``model.encode`` for a model whose encoder weights are changing)."""
         dev = model.device
-        # Cached embeddings are filed under the encoder's weights: a fully fine-tuned
-        # encoder's can never be mistaken for the base's.
-        from RadSAMLib.accel.cache import weights_sha256
-        encoder_key = weights_sha256(model.image_encoder)[:16] if cache_dir else ""
+        folder = self.cache_folder(model, cache_dir) if cache_dir else None
         for sh in shards:
             if sh.name in self.emb:
                 continue
-            path = Path(cache_dir) / encoder_key / f"{sh.name}.emb.pt" if cache_dir else None
+            path = self.cache_file(folder, sh.name) if folder is not None else None
             if path is not None and path.is_file():
                 self.emb[sh.name] = torch.load(path, map_location=dev, weights_only=True)
                 continue

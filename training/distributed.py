@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -213,13 +212,11 @@ def prefill_cache(model, shards, cache_dir: str) -> None:
     rank encodes every shard itself."""
     if not active() or not cache_dir:
         return
-    from RadSAMLib.accel.cache import weights_sha256
-
     from .data import EmbeddingStore
     EmbeddingStore().build(model, shards[rank()::world()], cache_dir=cache_dir)
     sync()
-    folder = Path(cache_dir) / weights_sha256(model.image_encoder)[:16]     # EmbeddingStore's layout
-    missing = [sh for sh in shards if not (folder / f"{sh.name}.emb.pt").is_file()]
+    folder = EmbeddingStore.cache_folder(model, cache_dir)
+    missing = [sh for sh in shards if not EmbeddingStore.cache_file(folder, sh.name).is_file()]
     local, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     EmbeddingStore().build(model, missing[local::local_world], cache_dir=cache_dir)
     sync()
