@@ -222,8 +222,10 @@ def pack_pair(folder: Path, out: Path, derive=()) -> list:
 
 def pack_dcmqi(folder: Path, out: Path) -> list:
     """The dcmqi series: its DICOM slices with liver (1) and spine (2), heart (3) added."""
-    hu, lab = _read(folder / "ct", folder / "liver_spine_seg.nrrd")
-    _, heart = _read(folder / "ct", folder / "heart_seg.nrrd")
+    from RadSAMLib.imageio import image_to_array, read_image, read_label
+    img = read_image(folder / "ct")
+    hu, lab, heart = (image_to_array(img), read_label(folder / "liver_spine_seg.nrrd", img),
+                      read_label(folder / "heart_seg.nrrd", img))
     lab = np.where((lab == 0) & (heart > 0), 3, lab)
     s = pack_volume(hu, lab, {1: "liver", 2: "spine", 3: "heart"}, out / "dcmqi.npz", "dcmqi_ct3slice")
     return [s] if s else []
@@ -279,6 +281,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the zoom fractions")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
+    derive = [d for d in a.derive.split(",") if d]
+    unknown = [d for d in derive if d not in DERIVED]
+    if unknown:
+        ap.error(f"unknown derived object '{unknown[0]}' (choose: {', '.join(DERIVED)})")
     a.out.mkdir(parents=True, exist_ok=True)
     done = []
     if a.openkbp:
@@ -287,7 +293,6 @@ def main(argv=None):
         only = [int(v) for v in a.only.split(",") if v] or None
         z = tuple(int(v) for v in a.zrange.split(":")) if a.zrange else None
         done += pack_abdomen(a.abdomen, [] if only else [int(v) for v in a.exclude.split(",") if v], a.out, only, z)
-    derive = [d for d in a.derive.split(",") if d]
     for folder in a.pair:
         done += pack_pair(folder, a.out, derive)
     if a.dcmqi:

@@ -96,3 +96,12 @@ def test_pack_pair_keeps_only_the_labelled_objects(tmp_path):
     z = np.load(tmp_path / s["shard"])
     assert list(z["names"]) == ["spleen"] and set(np.unique(z["lab"])) == {0, 1}
     assert len(z["ct"]) == 8 and z["body"].all()
+
+
+def test_pack_refuses_an_unknown_derived_object_before_any_work(tmp_path, capsys):
+    from training.pack import main
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["--pair", str(tmp_path / "missing"), "--derive", "lungs,bone", "--out", str(out)])
+    assert e.value.code == 2 and not out.exists()
+    assert "unknown derived object 'bone' (choose: lungs)" in capsys.readouterr().err
