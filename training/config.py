@@ -15,6 +15,7 @@ class Config:
     shards: list = field(default_factory=list)       # glob patterns of training shards (training/pack.py)
     val_shards: list = field(default_factory=list)   # held-out shards for periodic validation
     shard_weights: dict = field(default_factory=dict)  # shard-name prefix -> sampling weight (default 1 per object)
+    class_weights: dict = field(default_factory=dict)  # object-name prefix -> weight multiplier (default 1)
     max_val_objects: int = 12                        # validation objects (volume-level protocol)
     # prompts: kind -> probability (normalised); each batch uses one kind (data.KINDS)
     prompt_mix: dict = field(default_factory=lambda: {

@@ -131,10 +131,15 @@ class EmbeddingStore:
 
 # -- samples ------------------------------------------------------------------------------
 class SampleIndex:
-    """All (shard, slice, label) samples with their balanced sampling probabilities."""
+    """All (shard, slice, label) samples with their balanced sampling probabilities.
 
-    def __init__(self, shards, group_weights: dict | None = None):
+    Each class (shard group, object name) weighs its group's weight (``group_weights``,
+    by shard-name prefix; 1 by default) shared among the group's classes, times its
+    ``class_weights`` entry (by object-name prefix; 1 by default)."""
+
+    def __init__(self, shards, group_weights: dict | None = None, class_weights: dict | None = None):
         group_weights = group_weights or {}
+        class_weights = class_weights or {}
         rows, cls = [], []
         for s, sh in enumerate(shards):
             for v, name in sh.objects.items():
@@ -145,6 +150,7 @@ class SampleIndex:
             raise ValueError("the shards hold no labelled slice with body content")
         self.rows = np.array(rows, dtype=np.int64)
         keys = {k: i for i, k in enumerate(sorted(set(cls)))}
+        names = [n for _, n in sorted(keys, key=keys.get)]
         cid = np.array([keys[c] for c in cls])
         count = np.bincount(cid)
         groups = sorted({g for g, _ in keys})
@@ -153,7 +159,7 @@ class SampleIndex:
             ids = [i for (gg, _), i in keys.items() if gg == g]
             gw = float(group_weights.get(g, 1.0)) if g else 1.0
             for i in ids:  # each class weighs gw / (classes in the group)
-                w[cid == i] = gw / len(ids) / count[i]
+                w[cid == i] = gw / len(ids) / count[i] * self._weight(names[i], class_weights)
         self.p = w / w.sum()
         self.classes = {c: int(count[i]) for c, i in keys.items()}
 
@@ -163,6 +169,11 @@ class SampleIndex:
             if name.startswith(prefix):
                 return prefix
         return ""
+
+    @classmethod
+    def _weight(cls, name, weights) -> float:
+        prefix = cls._group(name, weights)
+        return float(weights[prefix]) if prefix else 1.0
 
     def draw(self, rng, n):
         return self.rows[rng.choice(len(self.rows), size=n, p=self.p)]

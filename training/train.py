@@ -190,7 +190,7 @@ class Trainer:
             dist.prefill_cache(self.model, both, cfg.embed_cache)
             self.store.build(self.model, both, cache_dir=cfg.embed_cache)
             self.log(f"embeddings: {sum(len(s.ct) for s in both)} slices in {time.time() - self.t0:.1f} s on {self.dev}")
-        self.index = SampleIndex(self.shards, cfg.shard_weights)
+        self.index = SampleIndex(self.shards, cfg.shard_weights, cfg.class_weights)
         self.log(f"samples: {len(self.index.rows)} (slice, object) pairs, {len(self.index.classes)} object classes")
 
     def _load_newest(self):

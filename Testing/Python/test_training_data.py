@@ -105,3 +105,35 @@ def test_pack_refuses_an_unknown_derived_object_before_any_work(tmp_path, capsys
         main(["--pair", str(tmp_path / "missing"), "--derive", "lungs,bone", "--out", str(out)])
     assert e.value.code == 2 and not out.exists()
     assert "unknown derived object 'bone' (choose: lungs)" in capsys.readouterr().err
+
+
+def _shard(name, objects, slices):
+    """A synthetic shard: object ``v`` (named ``objects[v]``) on ``slices[v]`` slices."""
+    from training.data import Shard
+    n = max(slices.values())
+    lab = np.zeros((n, 8, 8), np.uint8)
+    for v, k in slices.items():
+        lab[:k, v, v] = v
+    return Shard(name, np.zeros_like(lab), lab, np.ones(n, bool), objects, 0)
+
+
+def test_class_weights_scale_each_named_class_within_its_group():
+    from training.data import SampleIndex
+    shards = [_shard("abdomen_a", {1: "liver", 2: "rib_left_1", 3: "rib_left_2", 4: "gallbladder"},
+                     {1: 6, 2: 3, 3: 2, 4: 1}),
+              _shard("chaos_b", {1: "liver"}, {1: 4})]
+    idx = SampleIndex(shards, {"abdomen": 4.0, "chaos": 1.0}, {"rib_": 0.25})
+
+    def share(shard, name):
+        return sum(p for (s, _, v), p in zip(idx.rows, idx.p) if s == shard and shards[s].objects[v] == name)
+
+    # Within a group, classes weigh the same whatever their slice count; a class weight
+    # scales its own share only; groups keep their weights relative to each other.
+    assert share(0, "liver") == pytest.approx(share(0, "gallbladder"))
+    assert share(0, "rib_left_1") == pytest.approx(0.25 * share(0, "liver"))
+    assert share(0, "rib_left_2") == pytest.approx(share(0, "rib_left_1"))
+    assert share(1, "liver") == pytest.approx(share(0, "liver"))  # 4.0 / 4 classes = 1.0
+    assert idx.p.sum() == pytest.approx(1.0)
+    # Without class weights: the old balance (each abdomen class 1/4 of 4.0 = chaos' 1.0).
+    plain = SampleIndex(shards, {"abdomen": 4.0, "chaos": 1.0})
+    assert np.allclose(plain.p[[i for i, (s, _, _) in enumerate(plain.rows) if s == 1]].sum(), 1 / 5)
