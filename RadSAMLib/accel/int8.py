@@ -61,6 +61,8 @@ def unavailable_reason(model=None) -> str | None:
         return "it needs the 'onnx' package (pip install onnx), which does not import here"
     if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
         return "it needs onnxruntime >= 1.22 (quantize_static with calibration_cache_path)"
+    if model is not None and getattr(model, "image_encoder", None) is None:
+        return "only SAM-family models have an exported encoder graph"
     if model is not None and not ranges_path(model).is_file():
         return (f"no int8 calibration ships for the image encoder of '{model.info.name}' "
                 "(make one with scripts/calibrate_int8.py)")

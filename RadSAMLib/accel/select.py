@@ -54,8 +54,9 @@ def _cpu_model(model):
     return model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
 
 
-def available_encoders(model, device=None) -> list[str]:
-    """Encoder backends usable here for ``model`` on ``device`` (default: its device)."""
+def available_encoders(model, device=None, int8: bool = True) -> list[str]:
+    """Encoder backends usable here for ``model`` on ``device`` (default: its device).
+    ``int8=False`` skips checking ``onnx-int8`` (that imports ``onnx`` and hashes the weights)."""
     dev = _device(model, device)
     if dev.type == "cuda":
         return ["torch", "torch-fp16", "torch-bf16"]
@@ -65,7 +66,7 @@ def available_encoders(model, device=None) -> list[str]:
     # The graphs are exported by torch alone (graphs.py): the ``onnx`` package is not needed.
     if have("onnxruntime"):
         out.append("onnx")
-        if _int8_reason(model) is None:
+        if int8 and _int8_reason(model) is None:
             out.append("onnx-int8")
     if have("openvino"):
         out.append("openvino")
@@ -140,9 +141,10 @@ def _make_encoder(model, backend, device, threads, batch_size=None):
             except Exception as e:  # noqa: BLE001 - any failure of an optional path falls back
                 warnings.warn(f"RadSAM: encoder backend '{b}' unavailable ({type(e).__name__}: {e}); trying the next")
         raise RadSAMError("no encoder backend could be built")
-    if backend == "onnx-int8" and dev.type == "cpu" and have("onnxruntime") and _int8_reason(model):
-        raise RadSAMError(f"encoder backend 'onnx-int8' is not available: {_int8_reason(model)}")
-    if backend not in available_encoders(model, dev):
+    why = _int8_reason(model) if backend == "onnx-int8" and dev.type == "cpu" and have("onnxruntime") else None
+    if why:
+        raise RadSAMError(f"encoder backend 'onnx-int8' is not available: {why}")
+    if backend not in available_encoders(model, dev, int8=backend == "onnx-int8"):
         raise RadSAMError(f"encoder backend '{backend}' is not available on {dev.type} here "
                           f"(available: {', '.join(available_encoders(model, dev))})")
     return _build_encoder(model, backend, dev, threads, batch_size)

@@ -593,7 +593,7 @@ def default_paths(model, device) -> list[tuple[str, str]]:
     enc, dec = available_encoders(model, device), available_decoders(model, device)
     paths = [("torch", "eager")]
     if device.type == "cpu":
-        for e in ("onnx", "onnx-int8", "openvino"):
+        for e in ("onnx", "openvino"):   # (onnx-int8: not faster here; --encoders or --paths)
             if e in enc:
                 paths.append((e, "onnx" if "onnx" in dec else "torch"))
     elif device.type == "cuda":
