@@ -6,7 +6,8 @@
   ``Session``).
 
 Every path is checked against eager fp32 PyTorch (mask Dice >= 0.99 per slice on real CT,
-Testing/Python/test_speed_paths.py). Exported ONNX graphs are cached under
+Testing/Python/test_speed_paths.py), except ``onnx-int8`` (static int8, by name only), judged
+by benchmark Dice against the truth instead (docs/benchmark/speed.md). Exported ONNX graphs are cached under
 ``~/.cache/radsam`` (``cache.py``).
 """
 from .cache import cache_dir

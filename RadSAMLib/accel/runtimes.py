@@ -21,17 +21,18 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def open_graph(model, part: str, opener):
+def open_graph(model, part: str, opener, graph=cached_graph):
     """``opener(path)`` on the cached graph of ``part``; rebuild once if it fails.
+    ``graph(model, part, rebuild=...)`` gives ``(path, seconds)`` (default: the fp32 graph).
     Returns ``(session, export_seconds)``."""
-    path, secs = cached_graph(model, part)
+    path, secs = graph(model, part)
     try:
         return opener(path), secs
     except Exception:
         if secs:  # a graph exported just now that fails to load: not a cache problem
             raise
         path.unlink(missing_ok=True)
-        path, secs = cached_graph(model, part, rebuild=True)
+        path, secs = graph(model, part, rebuild=True)
         return opener(path), secs
 
 
@@ -75,6 +76,20 @@ class OrtEncoder:
         x = images.detach().to("cpu", torch.float32).numpy()
         outs = [self.session.run(None, {"images": np.ascontiguousarray(x[b:b + 1])})[0] for b in range(len(x))]
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
+
+
+class OrtInt8Encoder(OrtEncoder):
+    """The same, on the int8 static-quantised graph (``int8.py``). Needs the ``onnx``
+    package to build (not to run: a cached graph still needs it for the key check)."""
+
+    backend = "onnx-int8"
+
+    def __init__(self, model, threads: int | None = None):
+        from .int8 import cached_int8_graph
+        self.threads = threads or usable_cores()
+        self.session, self.export_seconds = open_graph(
+            model, "encoder", lambda p: ort_session(p, self.threads),
+            graph=lambda m, part, rebuild=False: cached_int8_graph(m, rebuild=rebuild))
 
 
 class OrtDecoderCore:

@@ -6,10 +6,15 @@ eager fp32 within mask Dice >= 0.99 per slice on real CT, see docs/benchmark/spe
 ======  ==============================================  =====================
 device  encoder                                         decoder
 ======  ==============================================  =====================
-cpu     ``onnx`` > ``torch`` (``openvino`` by name)     ``onnx`` > ``torch``
+cpu     ``onnx`` > ``torch`` (``openvino``,             ``onnx`` > ``torch``
+        ``onnx-int8`` by name)
 cuda    ``torch`` (fp32); ``torch-fp16`` for SAM ViT    ``cuda-graph``
 other   ``torch``                                       ``torch``
 ======  ==============================================  =====================
+
+``onnx-int8`` (static int8, ``int8.py``) comes first on the CPU only when
+``INT8_BY_DEFAULT`` is set by a documented accuracy decision (docs/benchmark/speed.md) and
+the CPU has int8 units (VNNI or AMX, ``cpu.py``); it needs the ``onnx`` package.
 
 An exported path that cannot be built (runtime missing, export failure) falls back to the
 eager PyTorch path with a warning; a backend asked for by name fails loudly instead.
@@ -24,11 +29,15 @@ import torch
 
 from ..errors import RadSAMError
 from ..models.base import SamFamilyModel
+from .cpu import has_native_int8
 from .decoder import FastDecoder
 from .torch_paths import CudaGraphDecoderCore, TorchDecoderCore, TorchEncoder
 
 # (No bf16 path on the CPU: faster, but below the accuracy bar; docs/benchmark/design.md.)
-ENCODER_BACKENDS = ("auto", "torch", "torch-fp16", "torch-bf16", "onnx", "openvino")
+ENCODER_BACKENDS = ("auto", "torch", "torch-fp16", "torch-bf16", "onnx", "onnx-int8", "openvino")
+# Whether ``auto`` may choose the int8 encoder on a CPU with int8 units: only where the
+# benchmark's mean Dice moves by < 0.003 (issue 21); docs/benchmark/speed.md, "int8 static".
+INT8_BY_DEFAULT = False
 DECODER_BACKENDS = ("auto", "torch", "onnx", "cuda-graph", "cuda-graph-fp16", "eager")
 
 
@@ -45,8 +54,9 @@ def _cpu_model(model):
     return model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
 
 
-def available_encoders(model, device=None) -> list[str]:
-    """Encoder backends usable here for ``model`` on ``device`` (default: its device)."""
+def available_encoders(model, device=None, int8: bool = True) -> list[str]:
+    """Encoder backends usable here for ``model`` on ``device`` (default: its device).
+    ``int8=False`` skips checking ``onnx-int8`` (that imports ``onnx`` and hashes the weights)."""
     dev = _device(model, device)
     if dev.type == "cuda":
         return ["torch", "torch-fp16", "torch-bf16"]
@@ -56,6 +66,8 @@ def available_encoders(model, device=None) -> list[str]:
     # The graphs are exported by torch alone (graphs.py): the ``onnx`` package is not needed.
     if have("onnxruntime"):
         out.append("onnx")
+        if int8 and _int8_reason(model) is None:
+            out.append("onnx-int8")
     if have("openvino"):
         out.append("openvino")
     return out
@@ -70,6 +82,12 @@ def available_decoders(model, device=None) -> list[str]:
     return ["eager", "torch"]
 
 
+def _int8_reason(model) -> str | None:
+    """Why the int8 encoder cannot be built here for ``model`` (``None``: it can)."""
+    from .int8 import unavailable_reason
+    return unavailable_reason(model)
+
+
 def _auto_encoder(dev: torch.device, model=None) -> list[str]:
     if dev.type == "cuda":
         # Half precision passes the Dice bar for SAM ViT-B but not for LiteMedSAM's TinyViT,
@@ -79,7 +97,10 @@ def _auto_encoder(dev: torch.device, model=None) -> list[str]:
         # ONNX Runtime first: OpenVINO fp32 used less CPU time per slice in isolation but was
         # slower than ONNX Runtime in the shared-CPU benchmark (its threads also slowed the
         # decoder running beside it), so it is offered by name only.
-        return (["onnx"] if have("onnxruntime") else []) + ["torch"]
+        order = (["onnx"] if have("onnxruntime") else []) + ["torch"]
+        if INT8_BY_DEFAULT and have("onnxruntime") and has_native_int8() and _int8_reason(model) is None:
+            order.insert(0, "onnx-int8")
+        return order
     return ["torch"]
 
 
@@ -120,7 +141,10 @@ def _make_encoder(model, backend, device, threads, batch_size=None):
             except Exception as e:  # noqa: BLE001 - any failure of an optional path falls back
                 warnings.warn(f"RadSAM: encoder backend '{b}' unavailable ({type(e).__name__}: {e}); trying the next")
         raise RadSAMError("no encoder backend could be built")
-    if backend not in available_encoders(model, dev):
+    why = _int8_reason(model) if backend == "onnx-int8" and dev.type == "cpu" and have("onnxruntime") else None
+    if why:
+        raise RadSAMError(f"encoder backend 'onnx-int8' is not available: {why}")
+    if backend not in available_encoders(model, dev, int8=backend == "onnx-int8"):
         raise RadSAMError(f"encoder backend '{backend}' is not available on {dev.type} here "
                           f"(available: {', '.join(available_encoders(model, dev))})")
     return _build_encoder(model, backend, dev, threads, batch_size)
@@ -136,6 +160,9 @@ def _build_encoder(model, backend, dev, threads, batch_size=None):
     if backend == "onnx":
         from .runtimes import OrtEncoder
         return OrtEncoder(cpu, threads)
+    if backend == "onnx-int8":
+        from .runtimes import OrtInt8Encoder
+        return OrtInt8Encoder(cpu, threads)
     from .runtimes import OpenVinoEncoder
     return OpenVinoEncoder(cpu, threads)
 

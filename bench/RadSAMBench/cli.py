@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a slice has body content when this fraction of it is above -500 HU (default 0.01)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest on a CPU shared with other jobs)")
+    p.add_argument("--encoder-backend", default="auto", metavar="BACKEND",
+                   help="image encoder path (RadSAMLib.accel: auto, torch, onnx, onnx-int8, openvino...; "
+                        "default auto), as radsam segment --encoder-backend")
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulated user (default 0)")
     p.add_argument("--out", default="runs/benchmark", help="output folder (default runs/benchmark)")
     p.add_argument("--fresh", action="store_true", help="discard an existing results.json in --out")
@@ -158,6 +161,8 @@ def run(args) -> int:
               "cases": [c.name for c in cases], "models": [list(m) for m in models],
               "settings": [s.name for s in settings], "protocol": protocol.to_dict(), "seed": args.seed,
               "command": getattr(args, "command_line", None) or _command_line()}
+    if args.encoder_backend != "auto":  # (absent for auto: older results files stay resumable)
+        config["encoder_backend"] = args.encoder_backend
     results = {"version": RESULTS_VERSION, "config": config, "cases": {}}
     if path.exists() and not args.fresh:
         try:
@@ -217,7 +222,7 @@ def _run_todo(todo, objects, settings, protocol, args, results, path, check=lamb
         image, lab, spacing = current[1]
         # Models with the same image encoder (the fine-tunes keep the base's) share the
         # case's embeddings: each slice is encoded once per case, not once per model.
-        engine = SliceEngine(model, image, axis=0)
+        engine = SliceEngine(model, image, axis=0, encoder_backend=getattr(args, "encoder_backend", "auto"))
         first = current[2].setdefault((encoders[id(model)], str(model.device)), engine)
         if first is not engine:
             engine.share_embeddings(first)

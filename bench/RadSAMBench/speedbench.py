@@ -34,7 +34,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -371,22 +370,8 @@ def cold_start(args) -> int:
 def cpu_description() -> str:
     """The CPU's model name and the flags that decide reduced-precision paths (every
     figure is reported with them)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                if key.strip() == "model name":
-                    name = val.strip()
-                elif key.strip() == "flags":
-                    flags = set(val.split())
-                    break
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    have = [f for f in wanted if f in flags]
-    lacks = [f for f in wanted if f not in flags] if flags else []
-    return f"{name}; flags {' '.join(have) or 'n/a'}" + (f"; lacks {' '.join(lacks)}" if lacks else "")
+    from RadSAMLib.accel.cpu import cpu_description as describe
+    return describe()
 
 
 def felt_latency(base_model, ct, label, task, args) -> list:
@@ -473,6 +458,54 @@ def felt_latency(base_model, ct, label, task, args) -> list:
     return rows
 
 
+# -- encoders side by side -----------------------------------------------------------------------
+def compare_encoders(base_model, ct, task, args) -> list:
+    """``--encoders A,B,...`` on the CPU: each encoder on the same real slices of the task
+    (up to ``--slices`` of them, spread over its range), interleaved slice by slice and
+    repeated ``--repeats`` times, so a shared machine's load falls on all of them alike.
+    Per encoder: ms per slice (min, median), the ratio of the first encoder's median to
+    its own (> 1: faster), and the relative embedding error ``|e - e_ref| / |e_ref|`` per
+    slice (mean, max) against the first encoder."""
+    from RadSAMLib.accel import make_encoder
+    from RadSAMLib.engine import SliceEngine
+    _, _, (lo, hi) = task
+    names = [n.strip() for n in args.encoders.split(",") if n.strip()]
+    encs = {n: make_encoder(base_model, n, threads=args.threads) for n in names}
+    eng = SliceEngine(base_model, ct, axis=0, encode_fn=lambda x: x)
+    ks = sorted({int(k) for k in np.linspace(lo, hi, min(args.slices, hi - lo + 1)).round()})
+    images = [eng.frame.image_to_model(eng.window.apply(eng.slice(k)))[None] for k in ks]
+    times = {n: [] for n in names}
+    embs = {n: [encs[n](images[0])] for n in names}   # warm-up; slice 0's embedding kept
+    for r in range(args.repeats):
+        for i, img in enumerate(images):
+            for n in names:
+                t0 = time.perf_counter()
+                e = encs[n](img)
+                times[n].append(time.perf_counter() - t0)
+                if r == 0 and i > 0:
+                    embs[n].append(e)
+    ref = names[0]
+    rows = []
+    for n in names:
+        err = [float((a - b).norm() / b.norm()) for a, b in zip(embs[n], embs[ref])]
+        rows.append({"encoder": n, "backend": encs[n].backend, "slices": len(ks), "repeats": args.repeats,
+                     "export_s": getattr(encs[n], "export_seconds", 0.0),
+                     "ms_min": 1e3 * min(times[n]), "ms_med": 1e3 * statistics.median(times[n]),
+                     "speedup_vs_first": statistics.median(times[ref]) / statistics.median(times[n]),
+                     "rel_err_mean": float(np.mean(err)), "rel_err_max": float(np.max(err))})
+    return rows
+
+
+def format_encoders(rows, cpu: str, load: str) -> str:
+    lines = [f"CPU: {cpu}; load average at the end {load}",
+             "| encoder | slices x repeats | ms/slice min (median) | speed-up vs first (medians) | embedding rel. error vs first: mean (max) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['encoder']} | {r['slices']} x {r['repeats']} | {r['ms_min']:.0f} ({r['ms_med']:.0f}) | "
+                     f"{r['speedup_vs_first']:.2f} | {r['rel_err_mean']:.4f} ({r['rel_err_max']:.4f}) |")
+    return "\n".join(lines)
+
+
 def _rounded(row: dict) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
 
@@ -548,6 +581,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--felt-decoders", default="auto,eager",
                    help="--felt: decoder paths whose clicks are timed, each with and without batched prompts where it "
                         "takes batches (default auto,eager)")
+    p.add_argument("--encoders", default=None, metavar="A,B,...",
+                   help="instead of the path table: these CPU encoder backends timed side by side, interleaved slice "
+                        "by slice on --slices real slices x --repeats (e.g. onnx,onnx-int8), with each one's "
+                        "embedding error against the first")
     p.add_argument("--json", help="write all figures to this JSON file")
 
 
@@ -556,7 +593,7 @@ def default_paths(model, device) -> list[tuple[str, str]]:
     enc, dec = available_encoders(model, device), available_decoders(model, device)
     paths = [("torch", "eager")]
     if device.type == "cpu":
-        for e in ("onnx", "openvino"):
+        for e in ("onnx", "openvino"):   # (onnx-int8: not faster here; --encoders or --paths)
             if e in enc:
                 paths.append((e, "onnx" if "onnx" in dec else "torch"))
     elif device.type == "cuda":
@@ -581,6 +618,14 @@ def run(args) -> int:
     cpu = cpu_description()
     print(f"# radsam bench-speed: {args.model} on {name} {tuple(ct.shape)}, slices {task[2][0]}..{task[2][1]} "
           f"(prompt {task[0]}), torch {torch.__version__}, {cpu}, {os.cpu_count()} cpus, load {loadavg()}", flush=True)
+    if args.encoders:
+        model = load_model(args.model, checkpoint=args.checkpoint, device="cpu")
+        rows = compare_encoders(model, ct, task, args)
+        print(format_encoders(rows, cpu, loadavg()))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"encoders": rows, "cpu": cpu, "volume": name, "model": args.model,
+                                                   "torch": torch.__version__}, indent=1))
+        return 0
     if args.felt:
         model = random_sam(args.model, torch.device("cpu")) if args.random_weights else \
             load_model(args.model, checkpoint=args.checkpoint, device="cpu")
