@@ -27,6 +27,12 @@ prompt to the full 3D mask with nothing encoded and after the volume was open
 correction click (the CVPR 2025 challenge's clicks on the propagated result) and of a
 forced whole-range edit, per decoder path with and without batched prompts. Every figure
 is printed with the CPU's model name and reduced-precision flags.
+
+``--felt-prefetch-cost`` measures what background encoding costs a running job (issue 21:
+"never slower by more than 10%"): the same full propagation from the same encoded slices
+with no background thread, with the engine's own look-ahead thread encoding a slice when
+the prompt comes, and with another engine's look-ahead (which does not yield to the job)
+encoding the same volume all through it; repeats interleaved, ratios per repeat.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -506,6 +513,183 @@ def format_encoders(rows, cpu: str, load: str) -> str:
     return "\n".join(lines)
 
 
+# -- what background encoding costs a running job ---------------------------------------------
+LOOK_AHEAD_THREAD = "radsam-look-ahead"     # the name _background_loop's thread gets
+
+
+def outward_order(centre: int, n: int) -> list:
+    """Slices in the order ``SliceEngine.prefetch_around(centre)`` encodes them on an empty
+    cache: ``centre``, ``+1``, ``-1``, ``+2``..."""
+    out = [centre]
+    for d in range(1, n):
+        out += [k for k in (centre + d, centre - d) if 0 <= k < n]
+    return out
+
+
+def _traced_engine(model, ct):
+    """A ``SliceEngine`` that records the slices its look-ahead thread encodes
+    (``bg_log``, each as it begins), those other threads encode (``fg_log``: the job's),
+    and says when the look-ahead begins its first one (``bg_started``)."""
+    from RadSAMLib.engine import SliceEngine
+
+    class Traced(SliceEngine):
+        def _encode(self, indices):
+            if threading.current_thread().name == LOOK_AHEAD_THREAD:
+                self.bg_log.extend(indices)
+                self.bg_started.set()
+            else:
+                self.fg_log.extend(indices)
+            super()._encode(indices)
+
+    eng = Traced(model, ct, axis=0)
+    eng.bg_log, eng.fg_log, eng.bg_started = [], [], threading.Event()
+    return eng
+
+
+def prefetch_cost(base_model, ct, task, args) -> list:
+    """What background encoding costs a running job (see ``--felt-prefetch-cost``).
+
+    The job: the task's object propagated over its range (``Session.segment``, the
+    encoder included) on a fresh engine whose only encoded slices are the first
+    ``--cost-ready`` + 1 of the look-ahead's order (outward from the prompt slice). Per
+    repeat, in turn (the order alternates between repeats):
+
+    * ``none``: no background thread;
+    * ``same engine``: the engine's own look-ahead (``prefetch_around(prompt slice)``)
+      started with the first ``--cost-ready`` slices encoded; the prompt comes
+      ``--cost-prompt-at`` of one slice's encoder time after it began the next one (0:
+      as it began, so the job waits for the whole slice). That slice is the one the
+      ``none`` engine has as its last ready slice: both jobs start from the same slices,
+      and the difference is the thread's overhead (the wait for the slice in flight, its
+      polling, the priority it runs at);
+    * ``other engine``: the job's engine as for ``none``, while another engine over the
+      same volume (its own cache: another volume's or other settings' look-ahead in
+      Slicer) encodes from the prompt slice all through the job, prompted in the same way.
+      Nothing makes it yield to this job: only its lowered priority protects the job.
+
+    One row per job (``x_none``: its time over that repeat's ``none`` time), then one
+    summary row per background with the ratios."""
+    from RadSAMLib.accel import accelerate
+    from RadSAMLib.engine import SliceEngine
+    from RadSAMLib.prompts import SlicePrompt
+    from RadSAMLib.session import Session
+
+    start, box, (lo, hi) = task
+    fast = accelerate(base_model, "auto", "auto", threads=args.threads)
+    prompt = SlicePrompt(box=box)
+    order = outward_order(start, ct.shape[0])
+    m = max(0, min(args.cost_ready, len(order) - 1))
+    ref = SliceEngine(fast, ct, axis=0)
+    ref.predict(start, prompt)          # paths built and warm; the prompt slice is encoded
+    ref.encode_slices(order[:m + 1])
+    img = ref.frame.image_to_model(ref.window.apply(ref.slice(order[-1])))[None]
+    t = time.perf_counter()
+    fast.encode(img)                    # one warm slice: the encoder time the prompt delay is a share of
+    enc_s = time.perf_counter() - t
+    ready = {k: ref.embedding(k) for k in order[:m + 1]}
+    if not 0 <= args.cost_prompt_at < 1:
+        raise ValueError("--cost-prompt-at is a share of one slice's encoder time: 0 <= it < 1")
+    delay = args.cost_prompt_at * enc_s
+    scenarios = [s.strip() for s in args.cost_backgrounds.split(",") if s.strip()]
+    for s in scenarios:
+        if s not in ("same", "other"):
+            raise ValueError(f"--cost-backgrounds: unknown background '{s}' (same, other)")
+    names = {"none": "none", "same": "same engine's look-ahead", "other": "other engine's look-ahead"}
+    print(f"# felt-prefetch: job = slices {lo}..{hi} from slice {start}, {m + 1} slice(s) ready "
+          f"({order[:m + 1]}); encoder {enc_s:.3f} s/slice warm; prompt {delay:.3f} s after the "
+          f"look-ahead began a slice", flush=True)
+
+    def job(eng):
+        sess = Session(eng)
+        t = time.perf_counter()
+        ch = sess.segment(start, prompt, bounds=(lo, hi))
+        return time.perf_counter() - t, len(ch.slices), int(sess.mask.sum())
+
+    def wait_started(bg):
+        bg.bg_started.wait(timeout=600)
+        time.sleep(delay)
+
+    def one(kind, r):
+        gc.collect()
+        eng = _traced_engine(fast, ct)
+        row = {"what": "prefetch cost", "background": names[kind], "repeat": r, "ready": m + 1}
+        if kind == "same":
+            eng.set_embeddings({k: ready[k] for k in order[:m]})
+            eng.prefetch_around(start)
+            wait_started(eng)
+            bg = eng
+            before = len(bg.bg_log)
+        else:
+            eng.set_embeddings(ready)
+            bg = None
+            if kind == "other":
+                bg = _traced_engine(fast, ct)
+                bg.prefetch_around(start)
+                wait_started(bg)
+                before = len(bg.bg_log)
+            else:
+                time.sleep(delay)
+        row["load_before"] = loadavg()
+        row["s"], row["slices"], row["mask_voxels"] = job(eng)   # the same job: the same voxels
+        if bg is not None:
+            bg.stop_background()
+            # Begun by the prompt (the first one in flight), and by the end of the job.
+            row["background_slices_at_prompt"], row["background_slices"] = before, len(bg.bg_log)
+        row["job_encoded"] = len(eng.fg_log)
+        row["load"] = loadavg()
+        eng.close()
+        return row
+
+    rows = []
+    kinds = ["none"] + scenarios
+    for r in range(args.cost_repeats):
+        per = {}
+        for kind in (kinds if r % 2 == 0 else kinds[1:] + kinds[:1]):
+            per[kind] = row = one(kind, r)
+            rows.append(row)
+        for kind, row in per.items():
+            if kind != "none":
+                row["x_none"] = row["s"] / per["none"]["s"]
+        for row in per.values():
+            print("# felt-prefetch " + json.dumps(_rounded(row)), flush=True)
+    for kind in kinds:
+        mine = [x for x in rows if x["background"] == names[kind] and x["what"] == "prefetch cost"]
+        summ = {"what": "prefetch cost summary", "background": names[kind], "repeats": len(mine),
+                "ready": m + 1, "slices": mine[0]["slices"] if mine else 0,
+                "s_min": min(x["s"] for x in mine), "s_median": statistics.median(x["s"] for x in mine),
+                "encode_s_per_slice": enc_s, "prompt_delay_s": delay}
+        if kind != "none":
+            ratios = [x["x_none"] for x in mine]
+            base = [x for x in rows if x["background"] == "none" and x["what"] == "prefetch cost"]
+            summ.update(x_none=ratios, x_none_median=statistics.median(ratios),
+                        x_none_of_mins=summ["s_min"] / min(x["s"] for x in base),
+                        background_slices=[x.get("background_slices", 0) for x in mine])
+        rows.append(summ)
+        print("# felt-prefetch " + json.dumps(_rounded(summ)), flush=True)
+    return rows
+
+
+def format_prefetch_cost(rows, cpu: str, load: str = "") -> str:
+    summ = [r for r in rows if r["what"] == "prefetch cost summary"]
+    first = summ[0] if summ else {}
+    lines = [f"CPU: {cpu}" + (f"; load average {load}" if load else ""),
+             f"job: {first.get('slices', 0)} slices propagated, {first.get('ready', 0)} encoded before the prompt; "
+             f"encoder {first.get('encode_s_per_slice', float('nan')):.2f} s/slice; prompt "
+             f"{first.get('prompt_delay_s', float('nan')):.2f} s after the look-ahead began a slice", "",
+             "| background during the job | repeats | job s min (median) | x none per repeat | x none median "
+             "(of mins) | slices the background began (by the job's end) |", "|---|---|---|---|---|---|"]
+    for r in summ:
+        if "x_none" in r:
+            ratios = ", ".join("%.3f" % x for x in r["x_none"])
+            lines.append("| %s | %d | %.2f (%.2f) | %s | %.3f (%.3f) | %s |" % (
+                r["background"], r["repeats"], r["s_min"], r["s_median"], ratios, r["x_none_median"],
+                r["x_none_of_mins"], ", ".join(map(str, r["background_slices"]))))
+        else:
+            lines.append("| %s | %d | %.2f (%.2f) | - | - | - |" % (r["background"], r["repeats"], r["s_min"],
+                                                                    r["s_median"]))
+    return "\n".join(lines)
+
+
 def _rounded(row: dict) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
 
@@ -585,6 +769,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instead of the path table: these CPU encoder backends timed side by side, interleaved slice "
                         "by slice on --slices real slices x --repeats (e.g. onnx,onnx-int8), with each one's "
                         "embedding error against the first")
+    p.add_argument("--felt-prefetch-cost", action="store_true",
+                   help="what background encoding costs a running job: the same full propagation from the same "
+                        "encoded slices with no background thread, with the engine's own look-ahead running when "
+                        "the prompt comes, and with another engine's look-ahead encoding the volume all through it "
+                        "(repeats interleaved; with --felt, after its figures)")
+    p.add_argument("--cost-repeats", type=int, default=3, help="--felt-prefetch-cost: repeats of each job (interleaved)")
+    p.add_argument("--cost-ready", type=int, default=0,
+                   help="--felt-prefetch-cost: slices the look-ahead has encoded before the one in flight at the prompt "
+                        "(default 0: the job starts from cold but for that one)")
+    p.add_argument("--cost-prompt-at", type=float, default=0.0,
+                   help="--felt-prefetch-cost: when the prompt comes, as a share of one slice's encoder time after the "
+                        "look-ahead began a slice (default 0: the job waits for the whole slice)")
+    p.add_argument("--cost-backgrounds", default="same,other",
+                   help="--felt-prefetch-cost: backgrounds compared with none: same (the engine's own look-ahead), "
+                        "other (another engine's over the same volume)")
     p.add_argument("--json", help="write all figures to this JSON file")
 
 
@@ -626,14 +825,18 @@ def run(args) -> int:
             Path(args.json).write_text(json.dumps({"encoders": rows, "cpu": cpu, "volume": name, "model": args.model,
                                                    "torch": torch.__version__}, indent=1))
         return 0
-    if args.felt:
+    if args.felt or args.felt_prefetch_cost:
         model = random_sam(args.model, torch.device("cpu")) if args.random_weights else \
             load_model(args.model, checkpoint=args.checkpoint, device="cpu")
-        rows = felt_latency(model, ct, label, task, args)
-        print(format_felt(rows, cpu))
+        out = {"cpu": cpu, "volume": name, "model": args.model, "torch": torch.__version__}
+        if args.felt:
+            out["felt"] = rows = felt_latency(model, ct, label, task, args)
+            print(format_felt(rows, cpu))
+        if args.felt_prefetch_cost:
+            out["prefetch_cost"] = rows = prefetch_cost(model, ct, task, args)
+            print(format_prefetch_cost(rows, cpu, loadavg()))
         if args.json:
-            Path(args.json).write_text(json.dumps({"felt": rows, "cpu": cpu, "volume": name, "model": args.model,
-                                                   "torch": torch.__version__}, indent=1))
+            Path(args.json).write_text(json.dumps(out, indent=1))
         return 0
     rows, mem = [], []
     for dev_name in devices:
