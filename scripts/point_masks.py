@@ -1,0 +1,66 @@
+"""What a model's four masks are for one point in an organ: a diagnostic, not a benchmark.
+
+    python3 scripts/point_masks.py ../shared/data/amos_ct --labels 4,11 --model radsam --model DELTA.safetensors
+
+For each labelled organ, its 3 middle axial slices get one positive point at the organ's
+deepest pixel; the model's raw answer (no refine, no mask choice) is printed per mask:
+predicted IoU, pixels, Dice with the organ, and the share of the mask inside each
+labelled structure. Shows whether a wrong point answer is a missing mask or a wrong
+ranking (docs/benchmark/clicks.md, session 8).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from RadSAMLib.engine import SliceEngine  # noqa: E402
+from RadSAMLib.imageio import read_image, read_label  # noqa: E402
+from RadSAMLib.metrics import dice  # noqa: E402
+from RadSAMLib.models import load_model  # noqa: E402
+from RadSAMLib.prompts import SlicePrompt  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", help="a folder with ct.nii.gz, seg.nii.gz and labels.json")
+    ap.add_argument("--labels", required=True, help="label values, comma-separated")
+    ap.add_argument("--model", action="append", required=True)
+    a = ap.parse_args(argv)
+    import SimpleITK as sitk
+    case = Path(a.case)
+    img = read_image(case / "ct.nii.gz")
+    ct = sitk.GetArrayFromImage(img).astype(np.float32)
+    lab = read_label(case / "seg.nii.gz", img)
+    names = {int(k): v for k, v in json.loads((case / "labels.json").read_text()).items()}
+    shared = None
+    for spec in a.model:
+        eng = SliceEngine(load_model(spec, device="cpu"), ct, axis=0)
+        if shared is not None:
+            eng.share_embeddings(shared)
+        shared = eng
+        for v in (int(x) for x in a.labels.split(",")):
+            zs = np.nonzero((lab == v).any((1, 2)))[0]
+            for z in zs[max(0, len(zs) // 2 - 1): len(zs) // 2 + 2]:
+                gt = lab[z] == v
+                d = ndi.distance_transform_edt(gt)
+                y, x = np.unravel_index(d.argmax(), d.shape)
+                r = eng.predict(int(z), SlicePrompt(points=[(float(x), float(y))], labels=[1]))
+                parts = []
+                for k in range(len(r.scores)):
+                    mk = r.masks[k]
+                    inside = {names.get(int(u), str(u)): round(float((mk & (lab[z] == u)).sum() / max(mk.sum(), 1)), 2)
+                              for u in np.unique(lab[z][mk]) if u}
+                    parts.append(f"mask {k}: iou {r.scores[k]:.2f}, {int(mk.sum())} px, Dice {dice(mk, gt):.2f}, in {inside}")
+                print(f"{Path(spec).stem} {names.get(v, v)} slice {z} ({int(gt.sum())} px): " + "; ".join(parts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
