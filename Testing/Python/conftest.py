@@ -45,6 +45,15 @@ def wait_for(cond, timeout: float = 120.0) -> None:
         time.sleep(0.005)
 
 
+@pytest.fixture(scope="module")
+def private_radsam_cache(tmp_path_factory):
+    """``RADSAM_CACHE`` (exported graphs) in a folder of the module's own, for the module."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RADSAM_CACHE", str(tmp_path_factory.mktemp("radsam_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def model():
     from RadSAMLib.models import load_model

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+# Exported graphs go to a cache folder of this module's own, never the user's.
+pytestmark = pytest.mark.usefixtures("private_radsam_cache")
+
 SLICES = (6, 24)
 # Static int8 is far from fp32 on this encoder: relative error 0.73-0.79, correlation
 # 0.70-0.75 on real slices (docs/benchmark/speed.md, "int8 static (session 8)"); fp32 ONNX
@@ -15,14 +18,6 @@ SLICES = (6, 24)
 # layout: correlation near 0, error >= 1), not a loss of accuracy.
 MAX_REL_ERR = 0.9
 MIN_CORR = 0.6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RADSAM_CACHE", str(tmp_path_factory.mktemp("radsam_cache")))
-    yield
-    mp.undo()
 
 
 def _flags(monkeypatch, *flags):
@@ -113,3 +108,4 @@ def test_cpu_flags_are_read_in_one_place(monkeypatch):
         "test CPU; flags avx2 avx512_vnni; lacks fma avx512f avx_vnni avx512_bf16 amx_bf16 amx_int8"
     _flags(monkeypatch, "avx2", "avx512_bf16", "amx_bf16")
     assert not cpu.has_native_int8()
+

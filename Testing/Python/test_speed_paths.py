@@ -14,16 +14,11 @@ import torch
 
 from conftest import ABDOMEN_ORGANS, dice
 
+# Exported graphs go to a cache folder of this module's own, never the user's.
+pytestmark = pytest.mark.usefixtures("private_radsam_cache")
+
 MIN_DICE = 0.99
 SLICES = (6, 15, 24)  # three real abdominal slices across the volume
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RADSAM_CACHE", str(tmp_path_factory.mktemp("radsam_cache")))
-    yield
-    mp.undo()
 
 
 def organ_boxes(label_slice):
@@ -234,3 +229,4 @@ def test_bench_speed_counts_the_slices_an_edit_reruns():
     _time_edits(sess, (5, box, None), torch.device("cpu"), row)
     assert row["edit_conv_slices"] == 3     # the clicked slice, then one agreeing slice each way
     assert row["edited"] == 8               # the forced edit: every slice of the bounds
+
