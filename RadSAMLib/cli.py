@@ -46,7 +46,7 @@ def _check_output(args) -> Path:
 def _check_options(args):
     """Model, device, strategy and backends, checked by name: a typo is found in a second,
     not after the image is read. Returns the parsed strategy (``None``: the model's)."""
-    from .accel.select import DECODER_BACKENDS, ENCODER_BACKENDS
+    from .accel.select import DECODER_BACKENDS, check_encoder_option
     from .models import pick_device
     from .models.registry import MODEL_NAMES
     from .propagation import Strategy
@@ -62,8 +62,7 @@ def _check_options(args):
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise RadSAMError(f"--checkpoint {args.checkpoint}: file not found")
     pick_device(args.device)
-    if args.encoder_backend not in ENCODER_BACKENDS:
-        raise RadSAMError(f"--encoder-backend '{args.encoder_backend}' is unknown (choose {', '.join(ENCODER_BACKENDS)})")
+    check_encoder_option("--encoder-backend", args.encoder_backend)
     if args.decoder_backend not in DECODER_BACKENDS:
         raise RadSAMError(f"--decoder-backend '{args.decoder_backend}' is unknown (choose {', '.join(DECODER_BACKENDS)})")
     if args.label is not None and not args.reference:

@@ -51,14 +51,12 @@ def ranges_path(model) -> Path:
 
 def unavailable_reason(model=None) -> str | None:
     """Why the int8 encoder cannot be built here (``None``: it can)."""
-    try:
-        import onnxruntime.quantization as q
-    except Exception as e:  # noqa: BLE001 - ImportError, or onnx missing underneath
-        if not onnx_package_works():
-            return "it needs the 'onnx' package (pip install onnx), which does not import here"
-        return f"onnxruntime.quantization does not import ({type(e).__name__}: {e})"
     if not onnx_package_works():
         return "it needs the 'onnx' package (pip install onnx), which does not import here"
+    try:
+        import onnxruntime.quantization as q
+    except Exception as e:  # noqa: BLE001 - any import failure of the optional quantiser
+        return f"onnxruntime.quantization does not import ({type(e).__name__}: {e})"
     if "calibration_cache_path" not in inspect.signature(q.quantize_static).parameters:
         return "it needs onnxruntime >= 1.22 (quantize_static with calibration_cache_path)"
     if model is not None and getattr(model, "image_encoder", None) is None:

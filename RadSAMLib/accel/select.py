@@ -41,6 +41,13 @@ INT8_BY_DEFAULT = False
 DECODER_BACKENDS = ("auto", "torch", "onnx", "cuda-graph", "cuda-graph-fp16", "eager")
 
 
+def check_encoder_option(option: str, name: str) -> None:
+    """Refuse a command-line encoder backend name that does not exist: checked by name,
+    before any model loads."""
+    if name not in ENCODER_BACKENDS:
+        raise RadSAMError(f"{option} '{name}' is unknown (choose {', '.join(ENCODER_BACKENDS)})")
+
+
 def have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -141,10 +148,11 @@ def _make_encoder(model, backend, device, threads, batch_size=None):
             except Exception as e:  # noqa: BLE001 - any failure of an optional path falls back
                 warnings.warn(f"RadSAM: encoder backend '{b}' unavailable ({type(e).__name__}: {e}); trying the next")
         raise RadSAMError("no encoder backend could be built")
-    why = _int8_reason(model) if backend == "onnx-int8" and dev.type == "cpu" and have("onnxruntime") else None
-    if why:
-        raise RadSAMError(f"encoder backend 'onnx-int8' is not available: {why}")
-    if backend not in available_encoders(model, dev, int8=backend == "onnx-int8"):
+    listed = available_encoders(model, dev, int8=False)
+    if backend == "onnx-int8" and "onnx" in listed:
+        # Built (or refused in one line, saying why) by int8.cached_int8_graph.
+        return _build_encoder(model, backend, dev, threads, batch_size)
+    if backend not in listed:
         raise RadSAMError(f"encoder backend '{backend}' is not available on {dev.type} here "
                           f"(available: {', '.join(available_encoders(model, dev))})")
     return _build_encoder(model, backend, dev, threads, batch_size)

@@ -269,3 +269,28 @@ def test_catalogue_config_and_slices_import_without_torch():
             "assert 'torch' not in sys.modules\nprint('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["benchmark", "{pack}", "--encoder-backend", "onnx-int9", "--out", "{out}"], "--encoder-backend 'onnx-int9' is unknown"),
+    (["bench-speed", "--encoders", "onnx,bogus"], "--encoders 'bogus' is unknown"),
+    (["bench-speed", "--encoders", " , "], "--encoders needs at least one encoder backend"),
+    (["bench-speed", "--felt-prefetch-cost", "--cost-prompt-at", "1.5"], "--cost-prompt-at is a share"),
+    (["bench-speed", "--felt-prefetch-cost", "--cost-backgrounds", "same,mine"], "unknown background 'mine'"),
+])
+def test_bench_options_are_refused_by_name_before_any_model_loads(tmp_path, capsys, monkeypatch, argv, fragment):
+    import RadSAMLib.models as models
+
+    def tripwire(*a, **k):
+        raise AssertionError("load_model called: the bad option was not caught up front")
+    monkeypatch.setattr(models, "load_model", tripwire)
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    np.savez_compressed(pack / "a.npz", image=np.zeros((3, 8, 8), np.int16), label=np.ones((3, 8, 8), np.uint8),
+                        spacing=np.array([1.0, 1.0, 1.0]))
+    (pack / "labels.json").write_text('{"1": "blob"}')
+    out = tmp_path / "out"
+    assert main([a.format(pack=pack, out=out) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("radsam: error: ") and fragment in err, err
+    assert not out.exists()

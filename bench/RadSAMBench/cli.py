@@ -149,6 +149,8 @@ def run(args) -> int:
     if not cases:
         raise RadSAMError(f"no cases selected in {ds.root}")
     settings = _settings(args)
+    from RadSAMLib.accel.select import check_encoder_option
+    check_encoder_option("--encoder-backend", args.encoder_backend)
     models = _model_specs(args.model)
     protocol = Protocol(edits=args.edits, slice_edits=args.slice_edits, challenge_edits=args.challenge_edits,
                         prompt_slice=args.prompt_slice, box_jitter=args.box_jitter,

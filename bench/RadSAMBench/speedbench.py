@@ -51,7 +51,10 @@ import numpy as np
 import torch
 
 from RadSAMLib import DEFAULT_MODEL
+from RadSAMLib.accel.cpu import cpu_description  # every figure is printed with the CPU's flags
 from RadSAMLib.metrics import dice
+
+from .cli import _csv
 
 # The liver of the abdominal example spans 62 coronal slices (axis 1): a 60-slice run of
 # real CT slices (30 x 122 pixels each) on an object the base model follows reliably.
@@ -374,13 +377,6 @@ def cold_start(args) -> int:
 
 
 # -- felt latency ------------------------------------------------------------------------------
-def cpu_description() -> str:
-    """The CPU's model name and the flags that decide reduced-precision paths (every
-    figure is reported with them)."""
-    from RadSAMLib.accel.cpu import cpu_description as describe
-    return describe()
-
-
 def felt_latency(base_model, ct, label, task, args) -> list:
     """What a user feels (see ``--felt``). Returns one row per measured path.
 
@@ -476,7 +472,7 @@ def compare_encoders(base_model, ct, task, args) -> list:
     from RadSAMLib.accel import make_encoder
     from RadSAMLib.engine import SliceEngine
     _, _, (lo, hi) = task
-    names = [n.strip() for n in args.encoders.split(",") if n.strip()]
+    names = _csv(args.encoders)
     encs = {n: make_encoder(base_model, n, threads=args.threads) for n in names}
     eng = SliceEngine(base_model, ct, axis=0, encode_fn=lambda x: x)
     ks = sorted({int(k) for k in np.linspace(lo, hi, min(args.slices, hi - lo + 1)).round()})
@@ -587,13 +583,8 @@ def prefetch_cost(base_model, ct, task, args) -> list:
     fast.encode(img)                    # one warm slice: the encoder time the prompt delay is a share of
     enc_s = time.perf_counter() - t
     ready = {k: ref.embedding(k) for k in order[:m + 1]}
-    if not 0 <= args.cost_prompt_at < 1:
-        raise ValueError("--cost-prompt-at is a share of one slice's encoder time: 0 <= it < 1")
     delay = args.cost_prompt_at * enc_s
-    scenarios = [s.strip() for s in args.cost_backgrounds.split(",") if s.strip()]
-    for s in scenarios:
-        if s not in ("same", "other"):
-            raise ValueError(f"--cost-backgrounds: unknown background '{s}' (same, other)")
+    scenarios = _csv(args.cost_backgrounds)
     names = {"none": "none", "same": "same engine's look-ahead", "other": "other engine's look-ahead"}
     print(f"# felt-prefetch: job = slices {lo}..{hi} from slice {start}, {m + 1} slice(s) ready "
           f"({order[:m + 1]}); encoder {enc_s:.3f} s/slice warm; prompt {delay:.3f} s after the "
@@ -787,6 +778,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write all figures to this JSON file")
 
 
+def check_options(args) -> None:
+    """Refuse bad ``--encoders`` / ``--felt-prefetch-cost`` options by name, before the
+    volume is read or a model loads."""
+    from RadSAMLib.accel.select import check_encoder_option
+    from RadSAMLib.errors import RadSAMError
+    if args.encoders is not None:
+        if not _csv(args.encoders):
+            raise RadSAMError("--encoders needs at least one encoder backend (e.g. onnx,onnx-int8)")
+        for n in _csv(args.encoders):
+            check_encoder_option("--encoders", n)
+    if args.felt_prefetch_cost:
+        if not 0 <= args.cost_prompt_at < 1:
+            raise RadSAMError("--cost-prompt-at is a share of one slice's encoder time: 0 <= it < 1")
+        for b in _csv(args.cost_backgrounds):
+            if b not in ("same", "other"):
+                raise RadSAMError(f"--cost-backgrounds: unknown background '{b}' (choose same, other)")
+
+
 def default_paths(model, device) -> list[tuple[str, str]]:
     from RadSAMLib.accel import available_decoders, available_encoders
     enc, dec = available_encoders(model, device), available_decoders(model, device)
@@ -806,6 +815,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.cold_only:
         return cold_start(args)
+    check_options(args)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
     ct, label, name = load_volume(args.volume)
     axial = (ct, label)  # the memory check resamples the volume as read (axial slices)
