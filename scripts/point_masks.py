@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from RadSAMLib.engine import SliceEngine  # noqa: E402
-from RadSAMLib.imageio import read_image, read_label  # noqa: E402
+from RadSAMLib.imageio import image_to_array, read_image, read_label  # noqa: E402
 from RadSAMLib.metrics import dice  # noqa: E402
 from RadSAMLib.models import load_model  # noqa: E402
 from RadSAMLib.prompts import SlicePrompt  # noqa: E402
@@ -33,19 +33,28 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", required=True, help="label values, comma-separated")
     ap.add_argument("--model", action="append", required=True)
     a = ap.parse_args(argv)
-    import SimpleITK as sitk
     case = Path(a.case)
-    img = read_image(case / "ct.nii.gz")
-    ct = sitk.GetArrayFromImage(img).astype(np.float32)
-    lab = read_label(case / "seg.nii.gz", img)
+    for f in ("ct.nii.gz", "seg.nii.gz", "labels.json"):
+        if not (case / f).is_file():
+            sys.exit(f"point_masks: error: {case / f} not found (a case folder holds ct.nii.gz, seg.nii.gz, labels.json)")
     names = {int(k): v for k, v in json.loads((case / "labels.json").read_text()).items()}
+    try:
+        values = [int(x) for x in a.labels.split(",")]
+    except ValueError:
+        sys.exit(f"point_masks: error: --labels '{a.labels}' must be label values, e.g. 4,11")
+    unknown = [v for v in values if v not in names]
+    if unknown:
+        sys.exit(f"point_masks: error: label value(s) {unknown} not in {case / 'labels.json'}")
+    img = read_image(case / "ct.nii.gz")
+    ct = image_to_array(img).astype(np.float32)
+    lab = read_label(case / "seg.nii.gz", img)
     shared = None
     for spec in a.model:
         eng = SliceEngine(load_model(spec, device="cpu"), ct, axis=0)
         if shared is not None:
             eng.share_embeddings(shared)
         shared = eng
-        for v in (int(x) for x in a.labels.split(",")):
+        for v in values:
             zs = np.nonzero((lab == v).any((1, 2)))[0]
             for z in zs[max(0, len(zs) // 2 - 1): len(zs) // 2 + 2]:
                 gt = lab[z] == v
@@ -63,4 +72,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from RadSAMLib.errors import RadSAMError
+    try:
+        sys.exit(main())
+    except RadSAMError as e:  # an unknown model or a missing checkpoint: one line
+        sys.exit(f"point_masks: error: {e}")
