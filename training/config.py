@@ -43,6 +43,8 @@ class Config:
                                     # lone point (ambiguous) the best alternative is the answer
                                     # (weight 1) and the primary output gets this weight
     iou_weight: float = 1.0         # MSE of the IoU head against the true IoU, all 4 outputs
+    rank_weight: float = 0.0        # pairwise hinge on the IoU head's order (objective.rank_loss):
+                                    # the truly best output must lead every other by their IoU gap
     l2sp: float = 0.0               # pull toward the base weights (sum of squared differences)
     distill_weight: float = 0.0     # learning without forgetting: weight of the "random_box" batches'
                                     # loss, Dice+BCE of the primary output against the frozen base's

@@ -53,21 +53,43 @@ def true_iou(logits, target):
     return inter / union.clamp(min=1)
 
 
-def loss_fn(logits, iou_pred, target, alt_weight=0.5, iou_weight=1.0, ambiguous=False):
+def rank_loss(iou_pred, iou_true):
+    """Pairwise hinge on the IoU head's ranking, ``(B, K)`` each -> scalar: every output's
+    score must trail the truly best output's score by at least their true IoU gap.
+
+    Inference keeps the output with the highest predicted IoU (of a lone point's 4 masks,
+    of a click's 8), so only the order matters there; the MSE term spends itself on
+    calibration and lets a large enclosing organ outscore the small one a point is in
+    (the liver around the gallbladder: docs/benchmark/clicks.md, session 8). Zero when the
+    order is right with those margins."""
+    best = iou_true.argmax(dim=1, keepdim=True)
+    gap = iou_true.gather(1, best) - iou_true
+    lead = iou_pred.gather(1, best) - iou_pred
+    return F.relu(gap - lead).sum(dim=1).mean()
+
+
+def loss_fn(logits, iou_pred, target, alt_weight=0.5, iou_weight=1.0, ambiguous=False, rank_weight=0.0):
     """Primary (index 0) Dice+BCE; + ``alt_weight`` * the best of the 3 alternatives (SAM's
     multimask rule: only the alternative closest to the target learns, so they stay
-    diverse); + ``iou_weight`` * MSE of the IoU head. ``ambiguous`` (a lone point): the
-    weights swap, the best alternative is the answer (SAM answers a point with its 3
-    masks and picks by predicted IoU) and the primary output keeps ``alt_weight``, since
-    a single-output inference path reads it. Returns (loss, parts dict)."""
+    diverse); + ``iou_weight`` * MSE of the IoU head; + ``rank_weight`` * :func:`rank_loss`.
+    ``ambiguous`` (a lone point): the weights swap, the best alternative is the answer (SAM
+    answers a point with its 3 masks and picks by predicted IoU) and the primary output
+    keeps ``alt_weight``, since a single-output inference path reads it. Returns (loss,
+    parts dict)."""
     logits, iou_pred, target = logits.float(), iou_pred.float(), target.float()
     per = seg_loss(logits, target)
     primary = per[:, 0].mean()
     alt = per[:, 1:].min(dim=1).values.mean()
-    iou = F.mse_loss(iou_pred, true_iou(logits.detach(), target))
+    truth = true_iou(logits.detach(), target)
+    iou = F.mse_loss(iou_pred, truth)
     seg = alt + alt_weight * primary if ambiguous else primary + alt_weight * alt
     loss = seg + iou_weight * iou
-    return loss, {"primary": primary.item(), "alt": alt.item(), "iou_mse": iou.item()}
+    parts = {"primary": primary.item(), "alt": alt.item(), "iou_mse": iou.item()}
+    if rank_weight:
+        rank = rank_loss(iou_pred, truth)
+        loss = loss + rank_weight * rank
+        parts["rank"] = rank.item()
+    return loss, parts
 
 
 def chosen_output(logits, iou_pred, ambiguous=False):

@@ -334,7 +334,8 @@ class Trainer:
             loss, parts = cfg.distill_weight * d, {"primary": d.item(), "alt": 0.0, "iou_mse": 0.0}
         else:
             ambiguous = bool(b.get("single_point")) and not b.get("rounds")
-            loss, parts = loss_fn(logits, iou, b["target"].to(self.dev), cfg.alt_weight, cfg.iou_weight, ambiguous)
+            loss, parts = loss_fn(logits, iou, b["target"].to(self.dev), cfg.alt_weight, cfg.iou_weight, ambiguous,
+                                  cfg.rank_weight)
         if cfg.l2sp:
             loss = loss + cfg.l2sp * sum(((p - self.base[n]) ** 2).sum()
                                          for n, p in model.named_parameters() if n in self.base)

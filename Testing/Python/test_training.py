@@ -108,6 +108,37 @@ def test_lone_point_loss_follows_the_multimask_rule():
     assert torch.equal(chosen_output(logits, iou, False), logits[:, 0])
 
 
+def test_rank_term_trains_the_score_head_to_put_the_best_mask_first():
+    """The case clicks4 failed (a point in the gallbladder answered with the liver around
+    it): the small organ's mask is there but scored last. The rank term is zero once the
+    truly best output leads every other by their IoU gap, and its gradient alone moves
+    the scores until that order holds; the masks' loss is not touched by it."""
+    from training.objective import loss_fn, rank_loss, true_iou
+    target = torch.zeros(1, 32, 32)
+    target[0, 12:18, 12:18] = 1                            # the small organ
+    enclosing = torch.zeros(1, 32, 32)
+    enclosing[0, 4:28, 4:28] = 1                           # the large organ around it
+    middle = torch.zeros(1, 32, 32)
+    middle[0, 9:21, 9:21] = 1
+    logits = torch.stack([enclosing, enclosing, middle, target], 1) * 20 - 10
+    truth = true_iou(logits, target)
+    assert truth.argmax().item() == 3
+    ordered = torch.tensor([[0.05, 0.05, 0.2, 1.0]])
+    assert rank_loss(ordered, truth) == 0
+    scores = torch.tensor([[0.8, 0.7, 0.4, 0.2]], requires_grad=True)   # the enclosing organ first
+    opt = torch.optim.SGD([scores], lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = rank_loss(scores, truth)
+        loss.backward()
+        opt.step()
+    assert scores.argmax().item() == 3 and rank_loss(scores, truth) == 0
+    base, p0 = loss_fn(logits, ordered, target, iou_weight=0.0, ambiguous=True)
+    ranked, p1 = loss_fn(logits, torch.tensor([[0.8, 0.7, 0.4, 0.2]]), target, iou_weight=0.0, ambiguous=True,
+                         rank_weight=1.0)
+    assert "rank" not in p0 and p1["rank"] > 0 and ranked > base and p1["alt"] == p0["alt"]
+
+
 def test_uint8_pack_roundtrips_through_the_inference_window():
     from RadSAMLib.preprocess import Window
     from training.pack import u8_to_hu, window_u8
