@@ -18,9 +18,14 @@ uses (the benchmark runs several side by side).
   the connected region of the answer's removals that holds it; nothing else changes.
   Where no answer covers the click, a disk of ``fallback`` model-frame pixels around it is
   added or removed: a click always changes its spot (else a user clicking the same missed
-  spot sees nothing happen, again and again). Rule ``legacy``: the rule before issue 12
-  (least change, a 0.5 Dice gate, a radius of half the object's diameter), kept to be
-  measured against.
+  spot sees nothing happen, again and again). The change is bounded by the click's
+  distance to the mask's edge (``reach``): a click d pixels from the edge corrects an error
+  about 2d wide, so the region is cut to ``reach`` x d around the click and the disk to
+  radius d. Unbounded, a click one pixel outside an organ added a 4-model-pixel disk or
+  the model's whole addition, and most clicks that lowered Dice did so on their own slice
+  (docs/benchmark/clicks.md, session 9); preset ``unbounded`` keeps that rule to be
+  measured against. Rule ``legacy``: the rule before issue 12 (least change, a 0.5 Dice
+  gate, a radius of half the object's diameter).
 
 Coordinates: masks are ``(rows, cols)`` bool; points ``(x=col, y=row)`` slice pixels.
 """
@@ -48,6 +53,7 @@ class ClickConfig:
     margin: float = 5.0         # model-frame pixels around the refine box
     edit: str = "region"        # region | legacy
     fallback: float = 4.0       # model-frame radius of the disk a click sets where no answer covers it (0: off)
+    reach: float = 3.0          # region rule: a click's change stays within reach x its distance to the mask's edge (0: off)
 
     def __post_init__(self):
         if self.point_rule not in POINT_RULES:
@@ -70,7 +76,8 @@ class ClickConfig:
 
 PRESETS = {
     "default": ClickConfig(),
-    "legacy": ClickConfig("legacy", point_rule="primary", refine=False, edit="legacy", fallback=0.0),
+    "unbounded": ClickConfig("unbounded", reach=0.0),
+    "legacy": ClickConfig("legacy", point_rule="primary", refine=False, edit="legacy", fallback=0.0, reach=0.0),
 }
 
 
@@ -163,7 +170,7 @@ def edit_slice(engine, strategy, idx: int, anchor: SlicePrompt, prev: np.ndarray
         kept = (prev & region_edit(prev, m, xy, labs, -1.0)).sum() / max(1, prev.sum())
         return (_honours(m, xy, labs) and kept >= 0.5, score)
     out = reorder(*_best_mask(results, key))
-    return _with_primary(out, region_edit(prev, out.mask, xy, labs, cfg.fallback / engine.frame.scale))
+    return _with_primary(out, region_edit(prev, out.mask, xy, labs, cfg.fallback / engine.frame.scale, cfg.reach))
 
 
 def _honours(mask: np.ndarray, xy, labels) -> bool:
@@ -190,29 +197,43 @@ def _with_primary(result, mask: np.ndarray):
     return type(result)(masks=masks, scores=result.scores, logits=result.logits)
 
 
-def region_edit(prev: np.ndarray, new: np.ndarray, clicks, labels, fallback: float) -> np.ndarray:
+def region_edit(prev: np.ndarray, new: np.ndarray, clicks, labels, fallback: float, reach: float = 0.0) -> np.ndarray:
     """``prev`` changed by the model's answer ``new`` only where the clicks ask: a positive
     click adds the 8-connected region of ``new & ~prev`` that holds it, a negative click
-    removes the region of ``prev & ~new`` that holds it. A click whose pixel still
-    disagrees afterwards sets a disk of radius ``fallback`` pixels around it (0: just the
-    pixel; negative: nothing). ``clicks``: ``(N, 2)`` int ``(x, y)``; ``labels``: 1 positive, 0 negative."""
+    removes the region of ``prev & ~new`` that holds it. With ``reach`` > 0 that region is
+    first cut to a disk around the click of ``reach`` times the click's distance to the
+    mask's edge (a click near the edge is a small correction; one far from the mask, or
+    on an empty slice, is not bounded). A click whose pixel still disagrees afterwards
+    sets a disk of radius ``fallback`` pixels around it (0: just the pixel; negative:
+    nothing). ``clicks``: ``(N, 2)`` int ``(x, y)``; ``labels``: 1 positive, 0 negative."""
     from scipy import ndimage
     out = prev.copy()
     eight = np.ones((3, 3), bool)
+    rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
+    bounded = reach > 0 and prev.any() and not prev.all()
+    # distance from a positive click to the mask, from a negative one to the mask's outside
+    depth = {sign: ndimage.distance_transform_edt(~prev if sign else prev) for sign in (0, 1)} if bounded else {}
     for diff, sign in ((new & ~prev, 1), (prev & ~new, 0)):
         seeds = [(x, y) for (x, y), lab in zip(clicks, labels) if lab == sign and diff[y, x]]
         if not seeds:
             continue
+        if bounded:
+            near = np.zeros_like(diff)
+            for x, y in seeds:
+                near |= (cols - x) ** 2 + (rows - y) ** 2 <= (reach * depth[sign][y, x]) ** 2
+            diff = diff & near
         comps, _ = ndimage.label(diff, structure=eight)
         keep = np.isin(comps, [comps[y, x] for x, y in seeds])
         if sign:
             out |= keep
         else:
             out &= ~keep
-    rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
     for (x, y), lab in zip(clicks, labels):
         if fallback >= 0 and bool(out[y, x]) != bool(lab):
-            disk = (cols - x) ** 2 + (rows - y) ** 2 <= fallback ** 2
+            # bounded: a click d pixels from the edge sits in the middle of an error ~2d wide,
+            # which a disk of radius d fills; a larger disk would overshoot it
+            r = min(fallback, max(1.0, depth[lab][y, x])) if bounded else fallback
+            disk = (cols - x) ** 2 + (rows - y) ** 2 <= r ** 2
             if lab:
                 out |= disk
             else:

@@ -28,8 +28,9 @@ class RadSAMConfig:
         parsed here. ``None`` (or ``"auto"``): the model's own default, named by its weights (the base
         LiteMedSAM's ``box``; the bundled RadSAM fine-tune's ``hybrid:5``).
       clicks (ClickConfig, str or None): how point-only prompts and correction clicks are
-        answered (:mod:`RadSAMLib.clicks`): a preset name (``default``; ``legacy``, the
-        rules before issue 12, kept to be measured against) or a ``ClickConfig``.
+        answered (:mod:`RadSAMLib.clicks`): a preset name (``default``; ``unbounded``,
+        clicks without the reach bound; ``legacy``, the rules before issue 12; both kept to
+        be measured against) or a ``ClickConfig``.
         ``None``: ``default``.
       converge_dice (float): re-propagation after a correction click stops at the first
         slice whose new mask has at least this Dice with its old one: from there on the old

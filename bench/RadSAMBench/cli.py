@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None, metavar="NAME[=CHECKPOINT][@CLICKS]",
                    help="model to benchmark, repeatable: radsam (default), litemedsam, a RadSAM .safetensors "
                         "path, or sam_vit_b=/path/to/checkpoint.pth; @legacy answers point prompts and clicks "
-                        "the way RadSAM did before issue 12 (RadSAMLib/clicks.py presets)")
+                        "the way RadSAM did before issue 12, @unbounded clicks as before session 9's "
+                        "reach bound (RadSAMLib/clicks.py presets)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--strategies", default="box,mask,mask+box",
                    help="propagation strategies, comma-separated (box, box:MARGIN, mask, mask+box)")
