@@ -452,6 +452,10 @@ def main(argv=None):
             import traceback
             traceback.print_exception(type(e.__cause__), e.__cause__, e.__cause__.__traceback__)
         print(f"error: {e}", file=sys.stderr, flush=True)
+        try:    # else gloo's threads may abort the exit, and the run ends by SIGABRT instead of 1
+            dist.teardown()
+        except Exception:  # noqa: BLE001 (a broken group: exiting is all that is left)
+            pass
         sys.exit(1)
     dist.teardown()
 

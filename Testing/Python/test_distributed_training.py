@@ -65,6 +65,9 @@ def _sync_worker(rank, port, out):
     except dist.RankFailed as e:
         got["failed"] = str(e)
     (out / f"sync{rank}.json").write_text(json.dumps(got))
+    # A process that exits with the group alive can abort in gloo's threads at exit
+    # ("terminate called without an active exception"): seen once in a full run.
+    dist.teardown()
 
 
 def test_sync_sums_and_carries_a_failure_to_every_rank(tmp_path):
