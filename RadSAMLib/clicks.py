@@ -211,8 +211,14 @@ def region_edit(prev: np.ndarray, new: np.ndarray, clicks, labels, fallback: flo
     eight = np.ones((3, 3), bool)
     rows, cols = np.ogrid[:prev.shape[0], :prev.shape[1]]
     bounded = reach > 0 and prev.any() and not prev.all()
-    # distance from a positive click to the mask, from a negative one to the mask's outside
-    depth = {sign: ndimage.distance_transform_edt(~prev if sign else prev) for sign in (0, 1)} if bounded else {}
+    maps = {}
+
+    def depth(sign, x, y):
+        """A positive click's distance to the mask, a negative one's to the mask's outside
+        (one transform per sign, only for the signs clicked)."""
+        if sign not in maps:
+            maps[sign] = ndimage.distance_transform_edt(~prev if sign else prev)
+        return maps[sign][y, x]
     for diff, sign in ((new & ~prev, 1), (prev & ~new, 0)):
         seeds = [(x, y) for (x, y), lab in zip(clicks, labels) if lab == sign and diff[y, x]]
         if not seeds:
@@ -220,7 +226,7 @@ def region_edit(prev: np.ndarray, new: np.ndarray, clicks, labels, fallback: flo
         if bounded:
             near = np.zeros_like(diff)
             for x, y in seeds:
-                near |= (cols - x) ** 2 + (rows - y) ** 2 <= (reach * depth[sign][y, x]) ** 2
+                near |= (cols - x) ** 2 + (rows - y) ** 2 <= (reach * depth(sign, x, y)) ** 2
             diff = diff & near
         comps, _ = ndimage.label(diff, structure=eight)
         keep = np.isin(comps, [comps[y, x] for x, y in seeds])
@@ -232,7 +238,7 @@ def region_edit(prev: np.ndarray, new: np.ndarray, clicks, labels, fallback: flo
         if fallback >= 0 and bool(out[y, x]) != bool(lab):
             # bounded: a click d pixels from the edge sits in the middle of an error ~2d wide,
             # which a disk of radius d fills; a larger disk would overshoot it
-            r = min(fallback, max(1.0, depth[lab][y, x])) if bounded else fallback
+            r = min(fallback, max(1.0, depth(1 if lab else 0, x, y))) if bounded else fallback
             disk = (cols - x) ** 2 + (rows - y) ** 2 <= r ** 2
             if lab:
                 out |= disk
